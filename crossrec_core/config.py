@@ -1,0 +1,203 @@
+"""One typed, validated configuration: embedded defaults, a YAML file, CROSSREC_* env vars.
+
+Precedence (highest first): environment (``CROSSREC_<KEY>``, nested keys joined by
+``__``), the YAML file given by ``--config`` or ``CROSSREC_CONFIG``, the embedded
+``defaults.yaml``. A wrong value fails at load time with :class:`ConfigError`, which
+names the key, the value and the allowed values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+MODEL_NAMES = ("popularity", "item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd")
+ModelName = Literal["popularity", "item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd"]
+
+# Domain names become path segments (raw/domain=NAME/...): keep them to a safe alphabet so
+# that no config value or trigger param can point outside the lake root.
+DOMAIN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or not allowed; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Domains(_Section):
+    source: str
+    target: str
+
+    @field_validator("source", "target")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not DOMAIN_NAME_PATTERN.match(name):
+            raise ValueError(
+                f"domain name {name!r} must match {DOMAIN_NAME_PATTERN.pattern} "
+                "(lower-case letters, digits, underscore; it becomes a path segment)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Domains:
+        if self.source == self.target:
+            raise ValueError(f"source and target must differ, both are {self.source!r}")
+        return self
+
+    @property
+    def all(self) -> tuple[str, str]:
+        return (self.source, self.target)
+
+
+class Validation(_Section):
+    warm_fraction: float = Field(gt=0, lt=1, description="share of each warm user's latest target interactions held out")
+    cold_start_fraction: float = Field(ge=0, lt=1, description="share of overlapping users whose target history is hidden")
+    min_target_interactions: int = Field(ge=2, description="a warm user needs this many target interactions to give some to validation")
+
+
+class SparkSettings(_Section):
+    master: str
+    shuffle_partitions: int = Field(ge=1)
+    driver_memory: str = Field(pattern=r"^\d+[kmgt]$")
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelSettings(_Section):
+    name: Literal["auto", "popularity", "item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd"]
+    candidates: list[ModelName]
+    dim: int = Field(ge=1, le=4096)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    seed: int
+    patience: int = Field(ge=1)
+    source_weight: float = Field(ge=0, description="lambda in L = L_target + lambda * L_source")
+    history_length: int = Field(ge=1)
+    knn_popularity_exponent: float = Field(ge=0)
+    device: Literal["auto", "cpu", "cuda"]
+    warm_start: bool = Field(description="start from the last published model's weights (False: retrain from scratch)")
+
+
+class ScoreSettings(_Section):
+    k: int = Field(ge=1, le=1000)
+    block_size: int = Field(ge=1)
+    backend: Literal["local", "spark"]
+    min_history: int = Field(ge=1, description="fewer interactions than this: popularity fallback")
+
+
+class GateSettings(_Section):
+    tolerance: float = Field(ge=0, le=1, description="allowed relative drop of validation NDCG@10")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CROSSREC_", env_nested_delimiter="__", extra="forbid")
+
+    lake: Path
+    domains: Domains
+    event_weights: dict[str, float]
+    default_event_type: str
+    window_days: int = Field(ge=1)
+    decay_half_life_days: float = Field(gt=0)
+    validation: Validation
+    kcore: int = Field(ge=0, description="0 disables k-core filtering")
+    quarantine_threshold: float = Field(ge=0, le=1)
+    max_id_length: int = Field(ge=1)
+    earliest_valid_ts: datetime
+    future_tolerance_hours: float = Field(ge=0)
+    spark: SparkSettings
+    model: ModelSettings
+    score: ScoreSettings
+    gate: GateSettings
+
+    @field_validator("event_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = {name: w for name, w in weights.items() if not w > 0}
+        if bad:
+            raise ValueError(f"event weights must be > 0, got {bad}")
+        return weights
+
+    @model_validator(mode="after")
+    def _default_event_known(self) -> Settings:
+        if self.default_event_type not in self.event_weights:
+            raise ValueError(
+                f"default_event_type {self.default_event_type!r} is not one of event_weights: "
+                f"{sorted(self.event_weights)}"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over files; file values arrive as init kwargs (see load_settings).
+        return (env_settings, init_settings)
+
+    @property
+    def source(self) -> str:
+        return self.domains.source
+
+    @property
+    def target(self) -> str:
+        return self.domains.target
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of keys at the top level")
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(root)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"config key '{key}': {message} (got {error.get('input')!r})"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load the configuration, validated; ``overrides`` (nested dicts) win over files."""
+    values = _read_yaml(resources.files("crossrec_core").joinpath("defaults.yaml").read_text(), "defaults.yaml")
+    config_file = config_file or os.environ.get("CROSSREC_CONFIG")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        values = _deep_merge(values, _read_yaml(path.read_text(), str(path)))
+    values = _deep_merge(values, overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as err:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in err.errors())) from None

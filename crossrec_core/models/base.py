@@ -1,0 +1,86 @@
+"""The one model interface: the trainer, evaluator and scorer never special-case a model.
+
+Every model is a two-tower scorer: ``user_vectors(domain, user_keys)`` and
+``item_vectors(domain)``, score = dot product (:func:`dot_scores`). Vectors may be
+sparse (item_knn_cross: a user's source-history multi-hot against co-occurrence
+columns); :func:`dot_scores` handles both. Learned models also implement
+``calculate_loss``; fixed models (popularity, item_knn_cross) compute everything in
+``fit_fixed`` and are never handed to the optimiser.
+
+Models are parametrised by domain name, never by copy-pasted source/target paths.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from crossrec_core.config import ModelSettings
+from crossrec_core.data import FeatureSet
+
+
+class Recommender(nn.Module, ABC):
+    """Base class of every crossrec model, registered by ``name``."""
+
+    name: ClassVar[str]
+    learned: ClassVar[bool] = True  # False: no optimiser, fit_fixed does the work
+    registry: ClassVar[dict[str, type[Recommender]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "name", None):
+            Recommender.registry[cls.name] = cls
+
+    def __init__(self, features: FeatureSet, settings: ModelSettings):
+        super().__init__()
+        self.source = features.source
+        self.target = features.target
+        self.settings = settings
+
+    # ---- the face every consumer uses -------------------------------------------------
+    @abstractmethod
+    def user_vectors(self, domain: str, user_keys: torch.Tensor) -> torch.Tensor:
+        """Vectors [len(user_keys), d] that serve ``domain`` for these users, built from
+        whatever the model knows of them (ids, or history in either domain)."""
+
+    @abstractmethod
+    def item_vectors(self, domain: str) -> torch.Tensor:
+        """Vectors [n_items(domain), d] (dense, or a sparse COO/CSR tensor)."""
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Training loss for one batch (learned models)."""
+        raise NotImplementedError(f"{self.name} is not trained by gradient descent")
+
+    def fit_fixed(self, features: FeatureSet) -> None:
+        """Closed-form fitting (models with ``learned = False``)."""
+
+    def set_histories(self, features: FeatureSet) -> None:
+        """Give the model the interaction histories it builds user vectors from (the
+        current night's features at scoring time). History-free models ignore it."""
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Schedules that depend on training progress (DANN's reversal weight)."""
+
+
+def dot_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+    """Scores [users, items] = user_vectors @ item_vectors.T, dense or sparse operands."""
+    if item_vectors.is_sparse or item_vectors.layout == torch.sparse_csr:
+        dense_users = user_vectors.to_dense() if user_vectors.is_sparse else user_vectors
+        return torch.sparse.mm(item_vectors, dense_users.T).T
+    if user_vectors.is_sparse or user_vectors.layout == torch.sparse_csr:
+        return torch.sparse.mm(user_vectors, item_vectors.T)
+    return user_vectors @ item_vectors.T
+
+
+def build_model(name: str, features: FeatureSet, settings: ModelSettings) -> Recommender:
+    """Instantiate a registered model by name (importing the model modules first)."""
+    import crossrec_core.models  # noqa: F401  registers every model
+
+    try:
+        cls = Recommender.registry[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(Recommender.registry)}") from None
+    return cls(features, settings)

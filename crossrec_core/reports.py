@@ -1,0 +1,107 @@
+"""Stage bookkeeping: every stage logs and records what it read and wrote.
+
+``with stage_run(lake, "clean", ds, domain="cloth") as report:`` times the stage, logs
+its counts (rows, bytes, seconds) and writes one row to ``serving/run_reports`` whether
+the stage succeeds or fails. A rerun of the same (ds, stage, domain) replaces its row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from crossrec_core.contracts import RUN_REPORTS, StageStatus
+from crossrec_core.lake import Lake
+
+log = logging.getLogger(__name__)
+
+ALL_DOMAINS = "all"
+
+
+@dataclass
+class StageReport:
+    stage: str
+    ds: str
+    domain: str = ALL_DOMAINS
+    status: StageStatus = StageStatus.SUCCESS
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_quarantined: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _record(lake: Lake, report: StageReport, started_at: datetime, finished_at: datetime) -> None:
+    from deltalake import write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    row = {
+        "stage": report.stage,
+        "domain": report.domain,
+        "status": str(report.status),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "rows_in": report.rows_in,
+        "rows_out": report.rows_out,
+        "rows_quarantined": report.rows_quarantined,
+        "metrics": json.dumps(
+            {"bytes_in": report.bytes_in, "bytes_out": report.bytes_out, **report.metrics}, default=str, sort_keys=True
+        ),
+        "ds": report.ds,
+    }
+    data = RUN_REPORTS.validate(pa.Table.from_pylist([row]), with_partitions=True)
+    lake._ensure_delta(RUN_REPORTS)
+    predicate = f"ds = '{report.ds}' AND stage = '{report.stage}' AND domain = '{report.domain}'"
+    for attempt in range(20):  # parallel per-domain tasks commit concurrently
+        try:
+            write_deltalake(
+                str(lake.table_root(RUN_REPORTS)),
+                data,
+                mode="overwrite",
+                predicate=predicate,
+                partition_by=RUN_REPORTS.partition_names,
+            )
+            return
+        except CommitFailedError:
+            if attempt == 19:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+@contextmanager
+def stage_run(lake: Lake, stage: str, ds: str, domain: str = ALL_DOMAINS) -> Iterator[StageReport]:
+    report = StageReport(stage=stage, ds=ds, domain=domain)
+    started_at = datetime.now(UTC)
+    clock = time.perf_counter()
+    log.info("stage %s started: ds=%s domain=%s lake=%s", stage, ds, domain, lake.root)
+    try:
+        yield report
+    except BaseException as err:
+        report.status = StageStatus.FAILED
+        report.metrics["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        seconds = time.perf_counter() - clock
+        report.metrics["seconds"] = round(seconds, 3)
+        log.info(
+            "stage %s %s: ds=%s domain=%s read %d rows (%d bytes), wrote %d rows (%d bytes), quarantined %d, %.2f s",
+            stage, report.status, ds, domain, report.rows_in, report.bytes_in,
+            report.rows_out, report.bytes_out, report.rows_quarantined, seconds,
+        )
+        _record(lake, report, started_at, datetime.now(UTC))
+
+
+def read_run_reports(lake: Lake, ds: str | None = None) -> pa.Table:
+    """Run reports (all dates, or one), sorted by start time."""
+    dataset = lake.delta_dataset(RUN_REPORTS)
+    table = dataset.to_table(filter=(pa.compute.field("ds") == ds) if ds else None)
+    return table.sort_by([("ds", "ascending"), ("started_at", "ascending")])
