@@ -1,0 +1,8 @@
+"""Stage 'featurize' for one date: `python jobs/featurize.py --ds YYYY-MM-DD` (or spark-submit)."""
+
+import sys
+
+from crossrec_core.jobs_main import main
+
+if __name__ == "__main__":
+    sys.exit(main("featurize"))
