@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from crossrec_core.commands import common, evaluation, ingest, pipeline, serving
 
@@ -36,7 +37,8 @@ def run() -> None:
     try:
         app(standalone_mode=False)
     except (ConfigError, ContractError, LakeError, ValueError, FileNotFoundError) as err:
-        common.err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+        # escape: a message may hold brackets (a regex, a list) that rich would take for markup
+        common.err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, markup=True)
         sys.exit(2)
     except typer.Exit as done:
         sys.exit(done.exit_code)

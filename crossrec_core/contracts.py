@@ -263,6 +263,16 @@ RECOMMENDATIONS = Table(
     ),
 )
 
+# The scorer's output, staged as Parquet; `publish` commits these files into RECOMMENDATIONS.
+SCORES = Table(
+    name="scores",
+    path="scores",
+    format=TableFormat.PARQUET,
+    partition_by=(_DS, _DOMAIN),
+    columns=RECOMMENDATIONS.columns,
+    doc="scored top-K lists of one night, not yet served",
+)
+
 RUN_REPORTS = Table(
     name="run_reports",
     path="serving/run_reports",
@@ -284,4 +294,17 @@ RUN_REPORTS = Table(
 # models/ds=DATE/<model name>/ holds weights (safetensors) and model_card.json.
 MODELS_ROOT = "models"
 
-TABLES = {t.name: t for t in (RAW, CLEAN_INTERACTIONS, QUARANTINE, USER_KEYS, ITEM_KEYS, FEATURE_INTERACTIONS, RECOMMENDATIONS, RUN_REPORTS)}
+# A dataset's own evaluation set (e.g. CDRIB's valid/test cold-start users), imported
+# beside raw/ and never into it, so the nightly pipeline cannot train on it.
+HOLDOUT_SPLITS = ("valid", "test")
+
+HOLDOUT = Table(
+    name="holdout",
+    path="holdout",
+    format=TableFormat.PARQUET,
+    partition_by=(_DOMAIN, Column("split", ColumnType.STRING, doc="one of HOLDOUT_SPLITS")),
+    columns=(Column("user_id", ColumnType.STRING), Column("item_id", ColumnType.STRING)),
+    doc="an imported dataset's held-out interactions (cold-start users of the domain)",
+)
+
+TABLES = {t.name: t for t in (RAW, CLEAN_INTERACTIONS, QUARANTINE, USER_KEYS, ITEM_KEYS, FEATURE_INTERACTIONS, RECOMMENDATIONS, SCORES, RUN_REPORTS, HOLDOUT)}

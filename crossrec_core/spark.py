@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from crossrec_core.config import Settings
@@ -18,6 +19,9 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     and is kept; run in-process (CLI, tests) it comes from ``spark.master``.
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers (mapInArrow, UDFs) default to `python3` on PATH, which lacks this
+    # environment's packages (torch, crossrec_core): run them with this interpreter.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
 

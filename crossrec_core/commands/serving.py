@@ -1,7 +1,143 @@
-"""Commands of this area (being written)."""
+"""Query commands: ``recs``, ``sql``, ``tables``, ``vacuum`` (read the serving Delta tables)."""
+
+from __future__ import annotations
+
+import io
+import json
+from enum import StrEnum
+from typing import Annotated
 
 import typer
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from crossrec_core.commands.common import ConfigOption, LakeOption, console, err_console, settings_from
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("recs")
+    def recs(
+        user_id: Annotated[str, typer.Argument(help="the user's external id")],
+        domain: Annotated[str | None, typer.Option("--domain", help="domain served (default: the target domain)")] = None,
+        ds: Annotated[str | None, typer.Option("--ds", help="run date YYYY-MM-DD (default: the newest in the table version)")] = None,
+        version: Annotated[int | None, typer.Option("--version", min=0, help="Delta table version (time travel; default: latest)")] = None,
+        k: Annotated[int, typer.Option("-k", min=1, help="how many recommendations")] = 10,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON (for machines)")] = False,
+        config: ConfigOption = None,
+        lake: LakeOption = None,
+    ) -> None:
+        """A user's recommendations. Exit code 1 when the user has no list (unknown)."""
+        from crossrec_core.lake import Lake
+        from crossrec_core.pipeline import parse_ds
+        from crossrec_core.serving import user_recommendations
+
+        settings = settings_from(config, lake)
+        result = user_recommendations(
+            Lake(settings.lake), user_id, domain or settings.target, ds=parse_ds(ds) if ds else None, version=version, k=k
+        )
+        if as_json:
+            typer.echo(json.dumps(result.as_dict()))
+        else:
+            if not result.known:
+                err_console.print(
+                    f"user {user_id!r} has no recommendations in ds={result.ds} domain={result.domain} "
+                    f"(table version {result.table_version}): unknown to that run. As a new user they fall in "
+                    f"segment '{result.segment}' and get the popularity list"
+                    + (":" if result.rows.num_rows else ", but that run served no fallback list."),
+                    highlight=False,
+                    markup=False,
+                )
+            if result.rows.num_rows:
+                table = RichTable(
+                    title=Text(f"recommendations for {user_id!r}" if result.known else "fallback (popularity) list"),
+                    caption=Text(f"ds {result.ds} · domain {result.domain} · model {result.model_version} · table version {result.table_version}"),
+                )
+                for column in ("rank", "item", "score", "segment"):
+                    table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+                for row in result.rows.to_pylist():
+                    table.add_row(*map(Text, (str(row["rank"]), row["item_id"], f"{row['score']:.4f}", row["segment"])))
+                console.print(table)
+        if not result.known:
+            raise typer.Exit(1)
+
+    @app.command("sql")
+    def sql(
+        query: Annotated[str, typer.Argument(help="one SELECT / WITH / DESCRIBE / SHOW / EXPLAIN statement")],
+        output: Annotated[OutputFormat, typer.Option("--format", help="output format")] = OutputFormat.TABLE,
+        config: ConfigOption = None,
+        lake: LakeOption = None,
+    ) -> None:
+        """Read-only SQL (DuckDB) over the tables recommendations and run_reports (current snapshots)."""
+        from crossrec_core.lake import Lake
+        from crossrec_core.query import run_query
+
+        result = run_query(Lake(settings_from(config, lake).lake), query)
+        if output is OutputFormat.JSON:
+            typer.echo(json.dumps(result.to_pylist(), default=str))
+        elif output is OutputFormat.CSV:
+            import pyarrow.csv as pacsv
+
+            buffer = io.BytesIO()
+            pacsv.write_csv(result, buffer)
+            typer.echo(buffer.getvalue().decode(), nl=False)
+        else:
+            table = RichTable(caption=f"{result.num_rows} rows")
+            for name in result.column_names:
+                table.add_column(name)
+            for row in result.to_pylist():
+                table.add_row(*(Text("" if value is None else str(value)) for value in row.values()))
+            console.print(table)
+
+    @app.command("tables")
+    def tables(
+        limit: Annotated[int, typer.Option("--limit", min=1, help="newest versions shown per table")] = 20,
+        config: ConfigOption = None,
+        lake: LakeOption = None,
+    ) -> None:
+        """Versions of each serving Delta table: commit time, operation, rows and files."""
+        from crossrec_core.lake import Lake
+        from crossrec_core.serving import DELTA_TABLES, table_versions
+
+        the_lake = Lake(settings_from(config, lake).lake)
+        for delta_table in DELTA_TABLES:
+            if not the_lake.delta_exists(delta_table):
+                console.print(f"{delta_table.path}: no table yet")
+                continue
+            table = RichTable(title=f"{delta_table.path} ({the_lake.table_root(delta_table)})")
+            for column in ("version", "committed (UTC)", "operation", "predicate", "rows", "files"):
+                table.add_column(column, justify="right" if column in ("version", "rows", "files") else "left")
+            for entry in table_versions(the_lake, delta_table, limit):
+                predicate = entry.parameters.get("predicate") or entry.parameters.get("mode") or ""
+                table.add_row(*map(Text, (
+                    str(entry.version), entry.timestamp.strftime("%Y-%m-%d %H:%M:%S"), entry.operation,
+                    str(predicate), str(entry.rows), str(entry.files),
+                )))
+            console.print(table)
+
+    @app.command("vacuum")
+    def vacuum(
+        keep_days: Annotated[int, typer.Option("--keep-days", min=0, help="keep ds partitions this many days before the newest")],
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="only print what would be removed")] = False,
+        config: ConfigOption = None,
+        lake: LakeOption = None,
+    ) -> None:
+        """Remove old ds partitions (Delta: one delete commit per table), vacuum unreferenced
+        Delta files older than the kept window, and old scores/ and models/ partitions."""
+        from crossrec_core.lake import Lake
+        from crossrec_core.serving import vacuum_lake
+
+        result = vacuum_lake(Lake(settings_from(config, lake).lake), keep_days, dry_run=dry_run)
+        verb = "would remove" if dry_run else "removed"
+        for partition in result.removed_partitions:
+            console.print(f"{verb} partition {partition}", highlight=False, markup=False, soft_wrap=True)
+        for path in result.removed_files:
+            console.print(f"{verb} file {path}", highlight=False, markup=False, soft_wrap=True)
+        for table_path, table_version in result.delete_commits.items():
+            console.print(f"{table_path}: delete committed as version {table_version}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"{verb} {len(result.removed_partitions)} partitions and {len(result.removed_files)} files", highlight=False, markup=False, soft_wrap=True)

@@ -27,6 +27,7 @@ class Recommender(nn.Module, ABC):
 
     name: ClassVar[str]
     learned: ClassVar[bool] = True  # False: no optimiser, fit_fixed does the work
+    fitted_buffers: ClassVar[tuple[str, ...]] = ()  # buffers whose shape load_state_dict takes from the file
     registry: ClassVar[dict[str, type[Recommender]]] = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -54,6 +55,14 @@ class Recommender(nn.Module, ABC):
         """Training loss for one batch (learned models)."""
         raise NotImplementedError(f"{self.name} is not trained by gradient descent")
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Fitted buffers (a fixed model's statistics) take the saved tensor's shape: it
+        # comes from the data the model was fitted on, not from the features it is rebuilt with.
+        for name in self.fitted_buffers:
+            if prefix + name in state_dict:
+                self._buffers[name] = state_dict[prefix + name].detach().clone().to(self._buffers[name].device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def fit_fixed(self, features: FeatureSet) -> None:
         """Closed-form fitting (models with ``learned = False``)."""
 
@@ -67,6 +76,10 @@ class Recommender(nn.Module, ABC):
 
 def dot_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
     """Scores [users, items] = user_vectors @ item_vectors.T, dense or sparse operands."""
+    if user_vectors.layout != torch.strided and item_vectors.layout != torch.strided:
+        # Both sparse (item_knn_cross): CSR @ CSR is torch's fast sparse product; an item
+        # matrix stored as CSC transposes to CSR for free.
+        return torch.sparse.mm(user_vectors.to_sparse_csr(), item_vectors.t().to_sparse_csr()).to_dense()
     if item_vectors.is_sparse or item_vectors.layout == torch.sparse_csr:
         dense_users = user_vectors.to_dense() if user_vectors.is_sparse else user_vectors
         return torch.sparse.mm(item_vectors, dense_users.T).T

@@ -1,0 +1,1 @@
+"""Benchmarks (not run in CI); numbers go to docs/BENCHMARKS.md."""

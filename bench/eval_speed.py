@@ -1,0 +1,91 @@
+"""Evaluation speed: full-ranking evaluate_model on synthetic data (not run in CI).
+
+    .venv/bin/python bench/eval_speed.py [--users 10000] [--items 20000] [--dim 64]
+
+A dense two-tower model with random vectors (the cost of evaluation does not depend on
+how the vectors were learned), every user warm with held-out items, ks = (10, 20, 50).
+Prints wall and CPU seconds per protocol (on a shared machine the CPU time is the
+steadier number); the numbers go to docs/BENCHMARKS.md (Evaluation speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from crossrec_core.config import load_settings
+from crossrec_core.contracts import Segment
+from crossrec_core.data import FeatureSet
+from crossrec_core.evaluation import evaluate_model
+from crossrec_core.models.base import Recommender
+
+
+class RandomTwoTower(Recommender):
+    name = ""  # a benchmark double, not registered
+
+    def __init__(self, features: FeatureSet, dim: int, seed: int):
+        super().__init__(features, load_settings().model)
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("users", torch.randn(features.n_users, dim, generator=generator))
+        self.register_buffer("items", torch.randn(features.n_items(features.target), dim, generator=generator))
+
+    def user_vectors(self, domain, user_keys):
+        return self.users[user_keys]
+
+    def item_vectors(self, domain):
+        return self.items
+
+
+def synthetic_features(n_users: int, n_items: int, per_user: int, held_out: int, seed: int) -> FeatureSet:
+    rng = np.random.default_rng(seed)
+    # Distinct items per user: a random offset plus a fixed stride never repeats an item.
+    items = (rng.integers(0, n_items, (n_users, 1)) + np.arange(per_user + held_out) * 7) % n_items
+    users = np.repeat(np.arange(n_users), per_user + held_out)
+    is_held_out = np.tile(np.arange(per_user + held_out) >= per_user, n_users)
+
+    def matrix(mask):
+        return sp.csr_matrix((np.ones(mask.sum(), np.float32), (users[mask], items.ravel()[mask])), shape=(n_users, n_items))
+
+    return FeatureSet(
+        source="src",
+        target="tgt",
+        user_ids=np.arange(n_users).astype(str),
+        item_ids={"src": np.arange(1).astype(str), "tgt": np.arange(n_items).astype(str)},
+        train={"src": sp.csr_matrix((n_users, 1), dtype=np.float32), "tgt": matrix(~is_held_out)},
+        holdout={Segment.WARM: matrix(is_held_out)},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--train-per-user", type=int, default=20)
+    parser.add_argument("--held-out-per-user", type=int, default=2)
+    parser.add_argument("--block-size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    features = synthetic_features(args.users, args.items, args.train_per_user, args.held_out_per_user, seed=0)
+    model = RandomTwoTower(features, args.dim, seed=0)
+    print(f"torch threads: {torch.get_num_threads()}; {args.users:,} users x {args.items:,} items, d={args.dim}, block {args.block_size}")
+    for protocol in ("full", "sampled"):
+        seconds, cpu_seconds = [], []
+        for _ in range(args.repeats):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            result = evaluate_model(model, features, protocol=protocol, block_size=args.block_size)
+            seconds.append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
+        print(
+            f"{protocol:<8} wall best {min(seconds):.2f} s, median {np.median(seconds):.2f} s; "
+            f"CPU (all threads) median {np.median(cpu_seconds):.2f} s; over {args.repeats} runs "
+            f"({result['all']['users']:,} metric rows; ndcg@10 {result['all']['ndcg@10']:.4f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

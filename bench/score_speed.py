@@ -1,0 +1,256 @@
+"""Scoring speed at nightly scale on the CPU (not run in CI).
+
+    .venv/bin/python bench/score_speed.py [--users 100000] [--items 50000] [--dim 64] [-k 50]
+        [--block-sizes 256,1024,4096] [--threads 2] [--write-docs]
+
+Synthetic target domain: ``--users`` users with ``--history`` random target items each
+(excluded from their lists), ``--items`` items, a ``target_only`` model of dimension
+``--dim`` (random weights: speed does not depend on them). For every block size:
+
+* plain torch matmul FLOP/s on the same shapes (user blocks @ item matrix^T into a
+  preallocated block, nothing else), the reference;
+* the scorer (``scoring.top_k``: scores, seen-item mask, exact top-K with the tie rule):
+  users/s and effective FLOP/s = 2 * users * items * dim / seconds, as a ratio to the
+  matmul reference;
+* peak resident memory during the scorer above the RSS before it, against the block
+  budget (block_size x items float32 scores).
+
+Then the whole job with the block size of most users/s: ``score_to_partition`` (segments,
+popularity fallback, scoring, Parquet written) plus the Delta commit of
+``publish_scores``, in seconds. ``--write-docs`` replaces the "## Scoring" section of
+docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from crossrec_core import scoring  # noqa: E402
+from crossrec_core.config import load_settings  # noqa: E402
+from crossrec_core.data import FeatureSet  # noqa: E402
+from crossrec_core.lake import Lake  # noqa: E402
+from crossrec_core.models.base import build_model  # noqa: E402
+from crossrec_core.serving import publish_scores  # noqa: E402
+
+DOCS = REPO / "docs" / "BENCHMARKS.md"
+SECTION = "## Scoring"
+GOAL_RATIO, GOAL_SECONDS = 0.6, 60.0
+DS = "2026-01-05"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+app = typer.Typer(add_completion=False)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE
+
+
+@contextmanager
+def peak_rss(interval: float = 0.02):
+    """Yield a dict whose "peak" is the highest RSS sampled while the block ran."""
+    found = {"start": rss_bytes(), "peak": rss_bytes()}
+    running = threading.Event()
+    running.set()
+
+    def sample():
+        while running.is_set():
+            found["peak"] = max(found["peak"], rss_bytes())
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        running.clear()
+        thread.join()
+
+
+def synthetic_features(n_users: int, n_items: int, history: int, seed: int = 0) -> FeatureSet:
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_users), history)
+    target = sp.csr_matrix((np.ones(rows.size, np.float32), (rows, rng.integers(0, n_items, rows.size))), shape=(n_users, n_items))
+    return FeatureSet(
+        source="src",
+        target="tgt",
+        user_ids=np.array([f"user{i}" for i in range(n_users)], dtype=object),
+        item_ids={"src": np.array(["s0"], dtype=object), "tgt": np.array([f"item{i}" for i in range(n_items)], dtype=object)},
+        train={"src": sp.csr_matrix((n_users, 1), dtype=np.float32), "tgt": target},
+    )
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextmanager
+def clocks():
+    """Wall and CPU seconds of the block (CPU time: comparable on a machine shared with other jobs)."""
+    found = {}
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    yield found
+    found["wall"], found["cpu"] = time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+def matmul_clocks(users: torch.Tensor, items: torch.Tensor, block_size: int) -> dict:
+    """Plain GEMM over the same user blocks into one reused output block."""
+    out = torch.empty(block_size, items.shape[0])
+    with clocks() as spent:
+        for start in range(0, users.shape[0], block_size):
+            block = users[start : start + block_size]
+            torch.matmul(block, items.T, out=out[: block.shape[0]])
+    return spent
+
+
+def measure_block(model, features: FeatureSet, k: int, block_size: int) -> dict:
+    n_users, n_items = features.n_users, features.n_items("tgt")
+    with torch.inference_mode():
+        users = model.user_vectors("tgt", torch.arange(n_users))
+        items = model.item_vectors("tgt")
+        reference = matmul_clocks(users, items, block_size)
+    keys = np.arange(n_users)
+    with peak_rss() as memory, clocks() as spent:
+        scoring.top_k(model, features, "tgt", keys, k, block_size)
+    flops = 2 * n_users * n_items * users.shape[1]
+    return {
+        "block_size": block_size,
+        "matmul_gflops": flops / reference["wall"] / 1e9,
+        "scorer_seconds": spent["wall"],
+        "users_per_second": n_users / spent["wall"],
+        "scorer_gflops": flops / spent["wall"] / 1e9,
+        "ratio": reference["wall"] / spent["wall"],
+        "cpu_ratio": reference["cpu"] / spent["cpu"],
+        "peak_mib": (memory["peak"] - memory["start"]) / 2**20,
+        "budget_mib": block_size * n_items * 4 / 2**20,
+    }
+
+
+def end_to_end(model, features: FeatureSet, k: int, block_size: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="crossrec-score-bench-") as root:
+        settings = load_settings(
+            lake=root, domains={"source": "src", "target": "tgt"},
+            model={"dim": model.settings.dim, "device": "cpu"}, score={"k": k, "block_size": block_size},
+        )
+        lake = Lake(root)
+        started = time.perf_counter()
+        result = scoring.score_to_partition(lake, DS, features, model, f"models/ds={DS}", settings)
+        scored = time.perf_counter()
+        published = publish_scores(lake, DS, "tgt")
+        finished = time.perf_counter()
+    return {
+        "seconds": finished - started,
+        "score_seconds": scored - started,
+        "publish_seconds": finished - scored,
+        "rows": published.rows,
+        "bytes": published.bytes,
+        "users_per_second": result.users / (finished - started),
+    }
+
+
+def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: int) -> str:
+    best = max(blocks, key=lambda b: b["ratio"])
+    ratio_met = best["ratio"] >= GOAL_RATIO
+    job_met = job["seconds"] <= GOAL_SECONDS
+    load = os.getloadavg()
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores shared with "
+        f"other jobs (load average {load[0]:.1f} at the end), Python {platform.python_version()}, "
+        f"torch {torch.__version__} (CPU, {threads} threads).  ",
+        f"Shape: {shape['users']:,} users x {shape['items']:,} items, d={shape['dim']}, K={shape['k']}, "
+        f"{shape['history']} seen items per user excluded; model target_only (random weights).",
+        "",
+        "| block size | matmul GFLOP/s | scorer GFLOP/s | ratio (wall) | ratio (CPU time) | users/s | scorer s | peak MiB over start | block budget MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in blocks:
+        lines.append(
+            f"| {b['block_size']:,} | {b['matmul_gflops']:.1f} | {b['scorer_gflops']:.1f} | {b['ratio']:.2f} | {b['cpu_ratio']:.2f} "
+            f"| {b['users_per_second']:,.0f} | {b['scorer_seconds']:.1f} | {b['peak_mib']:,.0f} | {b['budget_mib']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Whole job with block size {job['block_size']:,} (`score_to_partition`: segments, popularity fallback, "
+        f"scoring, Parquet; then the Delta commit of `publish_scores`): {job['seconds']:.1f} s "
+        f"({job['score_seconds']:.1f} s scoring and Parquet, {job['publish_seconds']:.1f} s commit), "
+        f"{job['rows']:,} rows, {job['bytes'] / 2**20:,.0f} MiB, {job['users_per_second']:,.0f} users/s.",
+        "",
+        f"Goals: scorer/matmul ratio >= {GOAL_RATIO}: {'met' if ratio_met else 'NOT met'} (best wall-clock ratio "
+        f"{best['ratio']:.2f} at block size {best['block_size']:,}, CPU-time ratio {best['cpu_ratio']:.2f}); "
+        f"whole job <= {GOAL_SECONDS:.0f} s: {'met' if job_met else 'NOT met'} ({job['seconds']:.1f} s).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) the "## Scoring" section, leaving the other sections alone."""
+    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    start = current.find(SECTION + "\n")
+    if start < 0:
+        updated = current.rstrip("\n") + "\n\n" + text
+    else:
+        end = current.find("\n## ", start + len(SECTION))
+        updated = current[:start] + text + (current[end:] if end >= 0 else "")
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS.write_text(updated)
+
+
+@app.command()
+def main(
+    users: Annotated[int, typer.Option(help="target users")] = 100_000,
+    items: Annotated[int, typer.Option(help="target items")] = 50_000,
+    dim: Annotated[int, typer.Option(help="vector dimension")] = 64,
+    k: Annotated[int, typer.Option("-k", help="recommendations per user")] = 50,
+    history: Annotated[int, typer.Option(help="seen target items per user (excluded)")] = 20,
+    block_sizes: Annotated[str, typer.Option(help="comma-separated block sizes to try")] = "256,1024,4096",
+    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    write_docs: Annotated[bool, typer.Option(help="write the results into docs/BENCHMARKS.md")] = False,
+) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    features = synthetic_features(users, items, history)
+    model = build_model("target_only", features, load_settings(model={"dim": dim, "device": "cpu"}).model).eval()
+    blocks = []
+    for block_size in (int(b) for b in block_sizes.split(",")):
+        blocks.append(measure_block(model, features, k, block_size))
+        b = blocks[-1]
+        print(
+            f"block {block_size}: matmul {b['matmul_gflops']:.1f} GFLOP/s, scorer {b['scorer_gflops']:.1f} GFLOP/s "
+            f"(ratio {b['ratio']:.2f}, CPU-time ratio {b['cpu_ratio']:.2f}), {b['users_per_second']:,.0f} users/s, "
+            f"peak +{b['peak_mib']:,.0f} MiB",
+            flush=True,
+        )
+    best = max(blocks, key=lambda b: b["users_per_second"])["block_size"]
+    job = {"block_size": best, **end_to_end(model, features, k, best)}
+    print(f"whole job (block {best}): {job['seconds']:.1f} s", flush=True)
+    command = "python bench/score_speed.py " + " ".join(sys.argv[1:])
+    text = report(command.strip(), {"users": users, "items": items, "dim": dim, "k": k, "history": history}, blocks, job, threads)
+    print(text)
+    if write_docs:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    app()

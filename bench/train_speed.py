@@ -1,0 +1,139 @@
+"""Training throughput of every learned model on the CPU (not run in CI).
+
+    .venv/bin/python bench/train_speed.py [--data ../shared/data/amazon-cloth-sport] [--write-docs]
+
+Each model trains in its own process (so that its peak memory is its own) with the real
+trainer (``fit_model``) for ``--epochs`` epochs on amazon, source sport -> target
+cloth, with the embedded default model settings (d=64) on ``--threads`` torch threads.
+Throughput = training interactions (both trained domains) / training seconds, over the
+epochs after the first (warm-up); validation is not counted. ``--write-docs`` replaces
+the "## Training throughput" section of docs/BENCHMARKS.md with the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "BENCHMARKS.md"
+SECTION = "## Training throughput"
+MODELS = ("target_only", "joint_mf", "emcdr", "dann", "mmd")
+GOALS = {"target_only": 300_000, "dann": 100_000}
+
+app = typer.Typer(add_completion=False)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure(model: str, data: Path, epochs: int, threads: int, overrides: dict) -> dict:
+    """Train one model in this process; return its throughput and memory."""
+    import torch
+
+    from crossrec_core.config import load_settings
+    from crossrec_core.datasets import load_pairs
+    from crossrec_core.training import fit_model
+
+    torch.set_num_threads(threads)
+    features = load_pairs(data, source="sport", target="cloth").valid
+    features.holdout = {}  # throughput only: no validation pass
+    baseline = peak_rss_mib()
+    settings = load_settings(model={"epochs": epochs, "device": "cpu", **overrides}).model
+    _, history = fit_model(model, features, settings, progress=False)
+    timed = history.epochs[1:] or history.epochs
+    seconds = sum(e["train_seconds"] for e in timed)
+    return {
+        "model": model,
+        "examples_per_epoch": history.n_examples,
+        "examples_per_second": history.n_examples * len(timed) / seconds,
+        "seconds_per_epoch": seconds / len(timed),
+        "data_rss_mib": baseline,
+        "peak_rss_mib": peak_rss_mib(),
+        "settings": {k: getattr(settings, k) for k in ("dim", "batch_size", "negatives", "history_length", "learning_rate")},
+    }
+
+
+def table(results: list[dict], command: str, load_before: str) -> str:
+    settings = results[0]["settings"]
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores shared with other jobs, "
+        f"Python {platform.python_version()}, torch {__import__('torch').__version__} (CPU); "
+        f"load average before/after: {load_before} / {' '.join(f'{x:.1f}' for x in os.getloadavg())}.  ",
+        f"Data: amazon sport -> cloth train split; settings: {', '.join(f'{k}={v}' for k, v in settings.items())}; "
+        "throughput = training interactions of the trained domains per second of training (epochs after the first).",
+        "",
+        "| model | interactions / epoch | examples/s | s / epoch | peak RSS (MiB) | of which data (MiB) | goal |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        goal = GOALS.get(r["model"])
+        verdict = "" if goal is None else f"{goal:,}/s: {'met' if r['examples_per_second'] >= goal else 'NOT met'}"
+        lines.append(
+            f"| {r['model']} | {r['examples_per_epoch']:,} | {r['examples_per_second']:,.0f} | {r['seconds_per_epoch']:.1f} "
+            f"| {r['peak_rss_mib']:,.0f} | {r['data_rss_mib']:,.0f} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section, leaving the other sections alone."""
+    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    start = current.find(SECTION)
+    if start < 0:
+        updated = current.rstrip("\n") + "\n\n" + text
+    else:
+        end = current.find("\n## ", start + len(SECTION))
+        updated = current[:start] + text + (current[end:] if end >= 0 else "")
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS.write_text(updated)
+
+
+@app.command()
+def main(
+    data: Annotated[Path, typer.Option(help="amazon-cloth-sport folder")] = REPO.parent / "shared" / "data" / "amazon-cloth-sport",
+    models: Annotated[str, typer.Option(help="comma-separated learned models")] = ",".join(MODELS),
+    epochs: Annotated[int, typer.Option(help="epochs per model; the first is warm-up")] = 3,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    settings: Annotated[str, typer.Option(help="JSON model-settings overrides, e.g. '{\"negatives\": 4}'")] = "{}",
+    write_docs: Annotated[bool, typer.Option(help="write the table into docs/BENCHMARKS.md")] = False,
+    child: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> None:
+    if child:
+        print(json.dumps(measure(child, data, epochs, threads, json.loads(settings))))
+        return
+    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    results = []
+    for model in models.split(","):
+        run = subprocess.run(
+            [sys.executable, __file__, "--child", model, "--data", str(data), "--epochs", str(epochs),
+             "--threads", str(threads), "--settings", settings],
+            capture_output=True, text=True, check=False,
+        )
+        if run.returncode != 0:
+            raise SystemExit(f"{model} failed:\n{run.stderr[-3000:]}")
+        results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        print(f"{model}: {results[-1]['examples_per_second']:,.0f} examples/s, peak {results[-1]['peak_rss_mib']:,.0f} MiB", flush=True)
+    command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
+    text = table(results, command.strip(), load_before)
+    print(text)
+    if write_docs:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,285 @@
+"""Stage ``clean`` for one (domain, ds): raw landing files -> clean interactions + quarantine.
+
+Every raw row ends in exactly one place: ``clean/interactions``, ``clean/quarantine`` (with
+one reason) or the count of removed duplicates; ``rows_in = rows_clean + rows_quarantined
++ duplicates_removed`` is in the run report.
+
+Normalisation
+  * ids (user, item, event) are trimmed of surrounding whitespace; an id that still holds
+    a control character (U+0000-U+001F, U+007F-U+009F) is a ``malformed_record``: such ids
+    break CSV exports and log lines, and the derived event id joins fields with U+001F.
+  * ``ts`` is epoch seconds, epoch milliseconds or ISO-8601. A number whose magnitude is
+    above 1e11 is milliseconds (1e11 s is the year 5138, 1e11 ms is 1973-03-03); an
+    ISO-8601 string without a zone is UTC. The result is a UTC timestamp.
+  * ``event_type`` is trimmed and matched exactly against ``event_weights``; missing or
+    empty means ``default_event_type``.
+  * ``weight = event_weights[event_type] * value``, ``value`` defaulting to 1.0.
+
+Quarantine reasons, checked in this priority order (a row gets the first that applies):
+  1. ``malformed_record``: unparseable line (CSV field count or quoting, invalid JSON), or
+     an id with a control character;
+  2. ``missing_user_id``, 3. ``missing_item_id``: null, empty or whitespace only;
+  4. ``oversize_id``: an id longer than ``max_id_length`` characters;
+  5. ``bad_timestamp``: unparseable, not finite, or before ``earliest_valid_ts``;
+  6. ``future_timestamp``: after the end of ds plus ``future_tolerance_hours``;
+  7. ``unknown_event_type``: not a key of ``event_weights``;
+  8. ``non_positive_value``: value present but not a finite number > 0 (NaN, 0, -1, "abc").
+
+De-duplication: by ``event_id`` when given, else by (user_id, item_id, ts, event_type),
+whose SHA-256 becomes the event id. Of duplicates the smallest (ts, user_id, item_id,
+event_type, weight) is kept, so the choice does not depend on file order.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import reduce
+from typing import TYPE_CHECKING
+
+import pyarrow.dataset as pads
+
+from crossrec_core.config import Settings
+from crossrec_core.contracts import CLEAN_INTERACTIONS, QUARANTINE, RAW, QuarantineReason
+from crossrec_core.etl.frames import write_parquet
+from crossrec_core.etl.raw_files import list_raw_files, local_name, raise_if_unreadable, read_raw
+from crossrec_core.lake import Lake, dir_size
+from crossrec_core.reports import StageReport, stage_run
+from crossrec_core.spark import spark_session
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+log = logging.getLogger(__name__)
+
+# Whitespace trimmed from ids and fields (btrim takes a set of characters).
+WHITESPACE = " \t\n\r\f\v\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+CONTROL_CHARACTER = r"\p{Cc}"
+MILLISECONDS_ABOVE = 1e11
+KEY_SEPARATOR = "\u001f"
+MAX_FILES_IN_MESSAGE = 3
+
+
+class QuarantineThresholdError(ValueError):
+    """Too large a share of a partition's rows was quarantined."""
+
+
+def _is_blank(column: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.coalesce(F.length(column) == 0, F.lit(True))
+
+
+def _any(conditions: Iterable[Column]) -> Column:
+    """OR of ``conditions``, a null counting as False."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(reduce(operator.or_, conditions), F.lit(False))
+
+
+def _parse_ts(text: Column, number: Column) -> Column:
+    """Epoch seconds, epoch milliseconds (> 1e11) or ISO-8601 (no zone = UTC) -> timestamp.
+
+    ``number`` is ``text`` cast to double (null when not a number)."""
+    from pyspark.sql import functions as F
+
+    finite = ~F.isnan(number) & (F.abs(number) < float("inf"))
+    micros = F.round(F.when(F.abs(number) > MILLISECONDS_ABOVE, number * 1e3).otherwise(number * 1e6)).try_cast("long")
+    # the session time zone is UTC (spark.py), so a zone-less string is read as UTC
+    return F.when(number.isNull(), text.try_cast("timestamp")).when(finite, F.timestamp_micros(micros))
+
+
+def validate(raw: DataFrame, settings: Settings, ds: str) -> DataFrame:
+    """``raw`` plus the normalised fields (``clean_*``) and ``reason`` (null for a clean row)."""
+    from pyspark.sql import functions as F
+
+    end_of_ds = datetime.fromisoformat(ds).replace(tzinfo=UTC) + timedelta(days=1)
+    latest_ts = end_of_ds + timedelta(hours=settings.future_tolerance_hours)
+    weights = F.create_map(*[F.lit(x) for pair in settings.event_weights.items() for x in pair])
+
+    # Step by step, so that every intermediate value is computed once per row.
+    trimmed = raw.select(
+        "*", *[F.btrim(F.col(c), F.lit(WHITESPACE)).alias(f"trimmed_{c}") for c in ("user_id", "item_id", "event_id", "ts", "event_type", "value")]
+    )
+    parsed = trimmed.select(
+        "*",
+        F.col("trimmed_ts").try_cast("double").alias("ts_number"),
+        F.coalesce(F.nullif(F.col("trimmed_event_type"), F.lit("")), F.lit(settings.default_event_type)).alias("clean_event_type"),
+        F.when(_is_blank(F.col("trimmed_value")), F.lit(1.0)).otherwise(F.col("trimmed_value").try_cast("double")).alias("clean_value"),
+    )
+    frame = parsed.select(
+        *raw.columns,
+        F.col("trimmed_user_id").alias("clean_user_id"),
+        F.col("trimmed_item_id").alias("clean_item_id"),
+        F.nullif(F.col("trimmed_event_id"), F.lit("")).alias("given_event_id"),
+        _parse_ts(F.col("trimmed_ts"), F.col("ts_number")).alias("clean_ts"),
+        "clean_event_type",
+        (F.try_element_at(weights, F.col("clean_event_type")) * F.col("clean_value")).alias("clean_weight"),
+    )
+    ids = [F.col("clean_user_id"), F.col("clean_item_id"), F.col("given_event_id")]
+    ts, weight = F.col("clean_ts"), F.col("clean_weight")
+    rules: list[tuple[QuarantineReason, Column]] = [
+        (QuarantineReason.MALFORMED_RECORD, F.col("raw_record").isNotNull() | _any(c.rlike(CONTROL_CHARACTER) for c in ids)),
+        (QuarantineReason.MISSING_USER_ID, _is_blank(F.col("clean_user_id"))),
+        (QuarantineReason.MISSING_ITEM_ID, _is_blank(F.col("clean_item_id"))),
+        (QuarantineReason.OVERSIZE_ID, _any(F.length(c) > settings.max_id_length for c in ids)),
+        (QuarantineReason.BAD_TIMESTAMP, F.coalesce(ts < F.lit(settings.earliest_valid_ts), F.lit(True))),
+        (QuarantineReason.FUTURE_TIMESTAMP, ts > F.lit(latest_ts)),
+        (QuarantineReason.UNKNOWN_EVENT_TYPE, ~F.map_contains_key(weights, F.col("clean_event_type"))),
+        (QuarantineReason.NON_POSITIVE_VALUE, ~F.coalesce((weight > 0) & ~F.isnan(weight) & (weight < float("inf")), F.lit(False))),
+    ]
+    (first_code, first_condition), *later_rules = rules
+    reason = F.when(first_condition, F.lit(first_code.value))  # one CASE: the first rule that holds
+    for code, condition in later_rules:
+        reason = reason.when(condition, F.lit(code.value))
+    derived_event_id = F.sha2(
+        F.concat_ws(KEY_SEPARATOR, "clean_user_id", "clean_item_id", F.unix_micros(ts).cast("string"), "clean_event_type"),
+        256,
+    )
+    return frame.select("*", reason.alias("reason"), F.coalesce("given_event_id", derived_event_id).alias("clean_event_id"))
+
+
+@dataclass
+class _Counts:
+    """What one aggregation over the validated rows tells: totals, reasons, row numbering."""
+
+    rows_in: int
+    reasons: Counter[str]
+    bad_rows_per_file: Counter[str]
+    # (file_path, block_start, first row_id in the block, rows of the file before the block, plain file name)
+    blocks: list[tuple[str, int, int, int, str]]
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(self.reasons.values())
+
+
+def _count(rows: DataFrame) -> _Counts:
+    from pyspark.sql import functions as F
+
+    try:
+        groups = (
+            rows.groupBy("file_path", "block_start", "reason")
+            .agg(F.count(F.lit(1)).alias("rows"), F.min("row_id").alias("first_row_id"))
+            .collect()
+        )
+    except Exception as err:  # a corrupt file surfaces here, at the first read
+        raise_if_unreadable(err)
+        raise
+    reasons: Counter[str] = Counter()
+    bad_rows_per_file: Counter[str] = Counter()
+    block_rows: Counter[tuple[str, int]] = Counter()
+    first_row_id: dict[tuple[str, int], int] = {}
+    for group in groups:  # one entry per (file split, reason): small
+        block = (group.file_path, group.block_start)
+        block_rows[block] += group.rows
+        first_row_id[block] = min(first_row_id.get(block, group.first_row_id), group.first_row_id)
+        if group.reason is not None:
+            reasons[group.reason] += group.rows
+            bad_rows_per_file[local_name(group.file_path)] += group.rows
+    # Spark reads each split of a file in order and numbers rows consecutively within a
+    # split (monotonically_increasing_id), so a row's number in its file is its offset
+    # in the split plus the rows of the file's earlier splits.
+    blocks, rows_before = [], defaultdict(int)
+    for file_path, block_start in sorted(block_rows):
+        blocks.append((file_path, block_start, first_row_id[file_path, block_start], rows_before[file_path], local_name(file_path)))
+        rows_before[file_path] += block_rows[file_path, block_start]
+    return _Counts(sum(block_rows.values()), reasons, bad_rows_per_file, blocks)
+
+
+def _quarantined(rows: DataFrame, counts: _Counts) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    spark = rows.sparkSession
+    blocks = spark.createDataFrame(
+        counts.blocks,
+        "file_path string, block_start long, first_row_id long, rows_before long, source_file string",
+    )
+    return (
+        rows.filter(F.col("reason").isNotNull())
+        .join(F.broadcast(blocks), ["file_path", "block_start"])
+        .withColumn("source_row", F.col("row_id") - F.col("first_row_id") + F.col("rows_before") + 1)
+    )
+
+
+def _deduplicated(rows: DataFrame) -> DataFrame:
+    """One row per event id: the smallest (ts, user, item, event type, weight), whatever the file order."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    first = Window.partitionBy("clean_event_id").orderBy("clean_ts", "clean_user_id", "clean_item_id", "clean_event_type", "clean_weight")
+    return (
+        rows.filter(F.col("reason").isNull())
+        .withColumn("copy", F.row_number().over(first))
+        .filter(F.col("copy") == 1)
+        .select(
+            F.col("clean_event_id").alias("event_id"),
+            F.col("clean_user_id").alias("user_id"),
+            F.col("clean_item_id").alias("item_id"),
+            F.col("clean_event_type").alias("event_type"),
+            F.col("clean_weight").alias("weight"),
+            F.col("clean_ts").alias("ts"),
+        )
+    )
+
+
+def _threshold_message(domain: str, ds: str, counts: _Counts, threshold: float, quarantine_path) -> str:
+    share = counts.rows_quarantined / counts.rows_in
+    files = ", ".join(f"{name} ({n} bad rows)" for name, n in counts.bad_rows_per_file.most_common(MAX_FILES_IN_MESSAGE))
+    reasons = ", ".join(f"{reason}={n}" for reason, n in counts.reasons.most_common())
+    return (
+        f"clean {domain} ds={ds}: {counts.rows_quarantined} of {counts.rows_in} rows ({share:.1%}) quarantined, "
+        f"above quarantine_threshold {threshold:.1%}. Most bad rows in: {files}. Top reasons: {reasons}. "
+        f"The rows are kept in {quarantine_path}"
+    )
+
+
+def clean(settings: Settings, ds: str, domain: str) -> StageReport:
+    """Validate, quarantine and de-duplicate the raw files of (domain, ds)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    lake = Lake(settings.lake)
+    with stage_run(lake, "clean", ds, domain) as report:
+        files = list_raw_files(lake.require_partition(RAW, domain=domain, ds=ds))
+        report.bytes_in = sum(f.size for f in files)
+        report.metrics["files"] = len(files)
+        log.info("clean %s ds=%s: reading %d raw files, %d bytes", domain, ds, len(files), report.bytes_in)
+        spark = spark_session(settings, "crossrec-clean")
+        raw = read_raw(spark, files).withColumn("row_id", F.monotonically_increasing_id())
+        # the input is read once: counting, quarantine and clean rows all come from this cache
+        rows = validate(raw, settings, ds).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counts = _count(rows)
+            log.info("clean %s ds=%s: %d rows read, %d to quarantine", domain, ds, counts.rows_in, counts.rows_quarantined)
+            with lake.replace_partition(QUARANTINE, domain=domain, ds=ds) as staged:
+                # quarantine is small: one file, in file order
+                write_parquet(_quarantined(rows, counts), QUARANTINE, staged, "source_file", "source_row", files=1)
+            with lake.replace_partition(CLEAN_INTERACTIONS, domain=domain, ds=ds) as staged:
+                write_parquet(_deduplicated(rows), CLEAN_INTERACTIONS, staged, "event_id")  # sorted by the dedup already
+                rows_clean = pads.dataset(staged, format="parquet").count_rows()
+        finally:
+            rows.unpersist()
+        duplicates = counts.rows_in - counts.rows_quarantined - rows_clean
+        report.rows_in = counts.rows_in
+        report.rows_out = rows_clean
+        report.rows_quarantined = counts.rows_quarantined
+        report.bytes_out = sum(
+            dir_size(lake.partition_path(table, domain=domain, ds=ds))[0] for table in (CLEAN_INTERACTIONS, QUARANTINE)
+        )
+        report.metrics.update(
+            duplicates_removed=duplicates,
+            reasons=dict(counts.reasons),
+            bad_rows_per_file=dict(counts.bad_rows_per_file),
+        )
+        if counts.rows_in and counts.rows_quarantined / counts.rows_in > settings.quarantine_threshold:
+            raise QuarantineThresholdError(
+                _threshold_message(
+                    domain, ds, counts, settings.quarantine_threshold, lake.partition_path(QUARANTINE, domain=domain, ds=ds)
+                )
+            )
+        return report

@@ -1,0 +1,155 @@
+"""Model files: ``<lake>/models/ds=DS/`` holds ``model.pt`` and ``model_card.json``.
+
+``model.pt`` is a state_dict (tensors only), read back with
+``torch.load(..., weights_only=True)``; the card (JSON) says how to rebuild the model
+(name, config) and what it is (data window, sizes, validation metrics, the candidates'
+scores under ``auto``, code version, creation time). The directory is written aside and
+swapped into place as one unit (``Lake.replace_partition``), so a reader sees the
+previous model or the new one, never a mix. The model version is the directory
+relative to the lake root, ``models/ds=DS``: that string is what the recommendations
+table records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crossrec_core.config import ModelSettings
+from crossrec_core.contracts import MODELS_ROOT, Column, ColumnType, Table, TableFormat
+from crossrec_core.data import FeatureSet
+from crossrec_core.lake import Lake, LakeError
+from crossrec_core.models.base import Recommender, build_model
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+CARD_FILE = "model_card.json"
+_VERSION_PATTERN = re.compile(rf"^{MODELS_ROOT}/ds=(?P<ds>[^/]+)$")
+
+# Not a data table: declared only so that model directories get the lake's partition
+# path checks and atomic directory swap.
+MODEL_FILES = Table(
+    name="models",
+    path=MODELS_ROOT,
+    format=TableFormat.PARQUET,
+    partition_by=(Column("ds", ColumnType.STRING),),
+    columns=(),
+)
+
+
+class ModelFileError(LakeError):
+    """A model file or card is missing, corrupt, truncated or does not fit; names the file
+    (a LakeError: a job exits 2, not retried, jobs_main.py)."""
+
+
+def model_version(ds: str) -> str:
+    return f"{MODELS_ROOT}/ds={ds}"
+
+
+def model_dir(lake: Lake, version: str) -> Path:
+    match = _VERSION_PATTERN.match(version)
+    if not match:
+        raise ModelFileError(f"model version {version!r} is not of the form {MODELS_ROOT}/ds=YYYY-MM-DD")
+    return lake.partition_path(MODEL_FILES, ds=match["ds"])
+
+
+def checkpoint_root(lake: Lake, ds: str) -> Path:
+    """Where the training runs of ``ds`` checkpoint (``models/_checkpoints/ds=DS``)."""
+    return lake.partition_path(MODEL_FILES, ds=ds).parent / "_checkpoints" / f"ds={ds}"
+
+
+def code_version() -> dict[str, str | None]:
+    """The package version and, when run from a git checkout, the commit."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or None
+    except OSError:
+        sha = None
+    return {"package": metadata.version("crossrec"), "git_sha": sha}
+
+
+def data_card(features: FeatureSet) -> dict[str, Any]:
+    """What the card says about the data a model was trained on."""
+    return {
+        "data_window": list(features.window) if features.window else None,
+        "source": features.source,
+        "target": features.target,
+        "n_users": features.n_users,
+        "n_items": {domain: features.n_items(domain) for domain in features.domains},
+        "train_interactions": {domain: int(features.train[domain].nnz) for domain in features.domains},
+    }
+
+
+def save_model(lake: Lake, ds: str, model: Recommender, card: dict[str, Any]) -> str:
+    """Write ``model.pt`` and the card for ``ds`` atomically; return the model version.
+
+    ``card`` holds what only the caller knows (data window and sizes, see
+    :func:`data_card`, validation metrics, candidates' scores); name, version, config,
+    code version and creation time are added here."""
+    version = model_version(ds)
+    full_card = {
+        **card,
+        "name": model.name,
+        "model_version": version,
+        "ds": ds,
+        "config": model.settings.model_dump(mode="json"),
+        "code_version": code_version(),
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    with lake.replace_partition(MODEL_FILES, ds=ds) as staged:
+        torch.save(state, staged / MODEL_FILE)
+        (staged / CARD_FILE).write_text(json.dumps(full_card, indent=2, sort_keys=True, default=str))
+    log.info("saved model %s (%s) to %s", model.name, version, model_dir(lake, version))
+    return version
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state_dict with ``weights_only=True``; a bad file raises ModelFileError."""
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise ModelFileError(f"model file {path} is corrupt or truncated: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"model file {path} does not hold a state_dict of tensors")
+    return state
+
+
+def read_card(lake: Lake, version: str) -> dict[str, Any]:
+    path = model_dir(lake, version) / CARD_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"model card {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"model card {path} is not valid JSON: {err}") from err
+
+
+def load_model(lake: Lake, version: str, features: FeatureSet) -> tuple[Recommender, dict[str, Any]]:
+    """Rebuild the model of ``version`` for ``features`` (histories included)."""
+    card = read_card(lake, version)
+    path = model_dir(lake, version) / MODEL_FILE
+    try:
+        model = build_model(card["name"], features, ModelSettings(**card["config"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"model card {path.with_name(CARD_FILE)} cannot rebuild the model: {err}") from err
+    state = read_state_dict(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ModelFileError(f"model file {path} does not fit these features: {err}") from err
+    model.set_histories(features)
+    model.eval()
+    return model, card

@@ -1,0 +1,377 @@
+"""Nightly scoring: a top-K list of target items for every user of the run.
+
+The users of the run are every user of the night's key index (features/ds=DS/user_keys):
+
+* ``warm`` (at least ``score.min_history`` target training interactions) and
+  ``cold_start`` (too little target history, enough source history) are scored by the
+  model;
+* ``fallback`` (too little history in both domains, including ids known only from the
+  key index, whose interactions left the window) get the target popularity list
+  (the ``popularity`` model fitted on the night's features).
+
+Ids outside the key index have no rows; ``crossrec recs`` serves them the partition's
+fallback list (crossrec_core.serving).
+
+Scoring is exact and memory-bounded: users go in blocks of ``block_size``; a block's
+scores [block_size, n_items] are ``dot_scores(user_vectors, item_vectors)`` with the
+item vectors computed once per run; the items a user interacted with in the target
+domain's training data are set to -inf, then the top K are taken. Ties go to the lower
+item key (``crossrec_core.evaluation.top_k``: ``torch.topk``, then a stable sort of the
+K keys in ascending order by descending score, with boundary ties resolved to the lowest
+keys). A user with fewer than K unseen items gets fewer rows; an item scored -inf is
+never recommended; a NaN score is an error naming the users.
+
+Two backends run the SAME block function (:meth:`RunScorer.score`, one Arrow batch of
+users in, one Arrow batch of rows out): ``local`` (one process; CUDA when present) and
+``spark`` (the scorer, item matrices included, broadcast; user batches partitioned;
+``mapInArrow``). Both write ``scores/ds=DS/domain=TARGET`` atomically, rows in
+user_id order (so that a lookup of one user reads one row group); ``publish`` commits
+it into the serving table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import torch
+
+from crossrec_core import evaluation
+from crossrec_core.config import ScoreSettings, Settings
+from crossrec_core.contracts import SCORES, USER_KEYS, Segment, StageStatus
+from crossrec_core.data import FeatureSet
+from crossrec_core.lake import Lake, dir_size
+from crossrec_core.metrics import PAD
+from crossrec_core.models.base import Recommender, build_model, dot_scores
+from crossrec_core.reports import StageReport, stage_run
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 10.0  # a long run logs its progress this often
+ROW_GROUP_ROWS = 128 * 1024  # Parquet row group size of the scores (rows)
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+# ---- the block function ------------------------------------------------------------------
+def block_top_k(
+    model: Recommender,
+    item_vectors: torch.Tensor,
+    domain: str,
+    user_keys: np.ndarray,
+    seen: sp.csr_matrix,
+    k: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of one block of users: (item keys [n, k'] int64, scores [n, k'] float32),
+    k' = min(k, n_items); ``seen`` rows (one per user) are excluded. Slots beyond a
+    user's unseen items hold item ``PAD`` (-1) and score -inf."""
+    keys = torch.as_tensor(user_keys, dtype=torch.long, device=device)
+    scores = dot_scores(model.user_vectors(domain, keys), item_vectors).float()
+    if seen.nnz:
+        rows = torch.as_tensor(np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), device=device)
+        scores[rows, torch.as_tensor(seen.indices, dtype=torch.long, device=device)] = -torch.inf
+    values, items = evaluation.top_k(scores, k)
+    nan_rows = torch.isnan(values).any(1)  # torch.topk ranks NaN above every number
+    if nan_rows.any():
+        bad = np.asarray(user_keys)[nan_rows.cpu().numpy()]
+        raise ValueError(f"model {model.name!r} produced NaN scores in domain {domain!r} for user keys {bad[:5].tolist()}")
+    items = torch.where(values == -torch.inf, PAD, items)
+    return items.cpu().numpy(), values.cpu().numpy()
+
+
+def top_k(
+    model: Recommender,
+    features: FeatureSet,
+    domain: str,
+    user_keys: np.ndarray,
+    k: int,
+    block_size: int,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(item keys [n, k'] int64, scores [n, k'] float32), best first, for ``user_keys``,
+    each user's ``features.train[domain]`` items excluded, ties to the lower item key;
+    k' = min(k, n_items); ``PAD``/-inf fill the slots of users with fewer unseen items.
+    Memory: one [block_size, n_items] score block at a time."""
+    device = torch.device(device)
+    user_keys = np.asarray(user_keys, dtype=np.int64)
+    train = features.train[domain]
+    width = min(k, features.n_items(domain))
+    items = np.full((len(user_keys), width), PAD, dtype=np.int64)
+    scores = np.full((len(user_keys), width), -np.inf, dtype=np.float32)
+    with torch.no_grad():
+        item_vectors = model.item_vectors(domain)
+        for start in range(0, len(user_keys), block_size):
+            block = user_keys[start : start + block_size]
+            rows = slice(start, start + len(block))
+            items[rows], scores[rows] = block_top_k(model, item_vectors, domain, block, train[block], k, device)
+    return items, scores
+
+
+# ---- the users of the run, as Arrow batches -----------------------------------------------
+USER_BATCH_SCHEMA = pa.schema(
+    [
+        pa.field("user_key", pa.int64(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("segment", pa.string(), nullable=False),
+        pa.field("seen", pa.list_(pa.int64()), nullable=False),  # target training item keys
+    ]
+)
+
+
+def run_users(features: FeatureSet, min_history: int) -> pa.Table:
+    """Every user of the key index with their segment and target training items, in
+    user_id order: the scores come out clustered by user_id, so that a lookup of one
+    user skips the other Parquet row groups by their min/max statistics."""
+    keys = np.argsort(features.user_ids.astype(str), kind="stable").astype(np.int64)
+    train = features.train[features.target].tocsr()[keys]
+    if train.nnz >= 2**31:
+        raise ValueError(f"target training matrix has {train.nnz} interactions; list offsets are 32-bit")
+    seen = pa.ListArray.from_arrays(pa.array(train.indptr, pa.int32()), pa.array(train.indices, pa.int64()))
+    return pa.Table.from_arrays(
+        [pa.array(keys), pa.array(features.user_ids[keys], pa.string()), pa.array(features.segment_of(keys, min_history)), seen],
+        schema=USER_BATCH_SCHEMA,
+    )
+
+
+def _seen_matrix(seen: pa.Array, n_rows: int, n_items: int) -> sp.csr_matrix:
+    """The CSR of a (possibly sliced) list<int64> column: offsets are the row pointers."""
+    offsets = seen.offsets.to_numpy()
+    return sp.csr_matrix((np.ones(offsets[-1] - offsets[0], np.float32), seen.flatten().to_numpy(), offsets - offsets[0]), shape=(n_rows, n_items))
+
+
+@dataclass
+class RunScorer:
+    """Everything that scores any batch of the run's users; pickled to Spark executors.
+
+    Item matrices are computed once, here (``model.item_vectors``)."""
+
+    domain: str
+    model: Recommender
+    item_vectors: torch.Tensor
+    fallback: Recommender
+    fallback_vectors: torch.Tensor
+    item_ids: pa.Array  # external ids of the domain's items, by key
+    model_version: str
+    k: int
+    device: torch.device
+
+    @classmethod
+    def build(cls, model: Recommender, features: FeatureSet, model_version: str, settings: Settings, device: torch.device) -> RunScorer:
+        domain = features.target
+        fallback = build_model("popularity", features, settings.model)
+        fallback.fit_fixed(features)
+        model, fallback = model.to(device).eval(), fallback.to(device).eval()
+        with torch.no_grad():
+            item_vectors, fallback_vectors = model.item_vectors(domain), fallback.item_vectors(domain)
+        if item_vectors.shape[0] != features.n_items(domain):
+            raise ValueError(
+                f"model {model_version} ({model.name}) scores {item_vectors.shape[0]} {domain} items, "
+                f"the features of ds={features.ds} have {features.n_items(domain)}"
+            )
+        return cls(
+            domain, model, item_vectors, fallback, fallback_vectors,
+            pa.array(features.item_ids[domain], pa.string()), model_version, settings.score.k, device,
+        )
+
+    def to(self, device: torch.device) -> RunScorer:
+        return replace(
+            self, model=self.model.to(device), item_vectors=self.item_vectors.to(device),
+            fallback=self.fallback.to(device), fallback_vectors=self.fallback_vectors.to(device), device=device,
+        )
+
+    def score(self, users: pa.RecordBatch) -> pa.RecordBatch:
+        """Rows (SCORES columns) for one batch of users (USER_BATCH_SCHEMA), in batch order."""
+        n = users.num_rows
+        keys = users.column("user_key").to_numpy()
+        segments = users.column("segment")
+        seen = _seen_matrix(users.column("seen"), n, len(self.item_ids))
+        width = min(self.k, len(self.item_ids))
+        items = np.full((n, width), PAD, dtype=np.int64)
+        scores = np.full((n, width), -np.inf, dtype=np.float32)
+        is_fallback = segments.to_numpy(zero_copy_only=False) == Segment.FALLBACK.value
+        with torch.no_grad():
+            for model, vectors, chosen in ((self.model, self.item_vectors, ~is_fallback), (self.fallback, self.fallback_vectors, is_fallback)):
+                rows = np.flatnonzero(chosen)
+                if rows.size:
+                    items[rows], scores[rows] = block_top_k(model, vectors, self.domain, keys[rows], seen[rows], self.k, self.device)
+        valid = items != PAD  # a prefix of each row: -inf sorts last
+        row, slot = np.nonzero(valid)
+        return pa.RecordBatch.from_arrays(
+            [
+                users.column("user_id").take(row),
+                pa.array(slot + 1, pa.int32()),
+                self.item_ids.take(items[valid]),
+                pa.array(scores[valid], pa.float32()),
+                pa.repeat(self.model_version, len(row)),
+                segments.take(row),
+            ],
+            schema=SCORES.arrow_schema(),
+        )
+
+
+# ---- running it --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoreResult:
+    users: int
+    rows: int
+    bytes: int
+    files: int
+    seconds: float
+    segments: dict[str, int]
+    backend: str
+
+    @property
+    def users_per_second(self) -> float:
+        return self.users / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _score_locally(scorer: RunScorer, users: pa.Table, block_size: int, out_dir: Path) -> None:
+    started = last_report = time.perf_counter()
+    done = buffered_rows = 0
+    buffered: list[pa.RecordBatch] = []
+    with pq.ParquetWriter(out_dir / "part-00000.parquet", SCORES.arrow_schema()) as writer:
+        for batch in users.to_batches(max_chunksize=block_size):
+            rows = scorer.score(batch)
+            buffered.append(rows)
+            buffered_rows += rows.num_rows
+            if buffered_rows >= ROW_GROUP_ROWS:  # blocks are small; row groups should not be
+                writer.write_table(pa.Table.from_batches(buffered))
+                buffered, buffered_rows = [], 0
+            done += batch.num_rows
+            now = time.perf_counter()
+            if now - last_report >= PROGRESS_SECONDS:
+                last_report = now
+                log.info("scored %d/%d users (%.0f%%), %.0f users/s", done, users.num_rows, 100 * done / users.num_rows, done / (now - started))
+        if buffered:
+            writer.write_table(pa.Table.from_batches(buffered))
+
+
+@contextmanager
+def _spark_conf(spark, key: str, value: str) -> Iterator[None]:
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+
+
+def _score_with_spark(settings: Settings, scorer: RunScorer, users: pa.Table, out_dir: Path) -> None:
+    """The same :meth:`RunScorer.score` per Arrow batch inside Spark (``mapInArrow``)."""
+    from crossrec_core.spark import spark_session
+
+    spark = spark_session(settings, "crossrec-score")
+    shared = spark.sparkContext.broadcast(scorer.to(torch.device("cpu")))
+    device_setting = settings.model.device
+
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        from crossrec_core.training import resolve_device
+
+        torch.set_num_threads(max(1, TaskContext.get().cpus()))  # one task per core: don't oversubscribe
+        partition_scorer = shared.value.to(resolve_device(device_setting))
+        for batch in batches:
+            yield partition_scorer.score(batch)
+
+    # createDataFrame(arrow) makes one partition per Arrow batch of maxRecordsPerBatch rows:
+    # one partition (and output file) per core; mapInArrow then hands each task its users
+    # in batches of block_size (that conf is read when the write plans the job).
+    block_size = settings.score.block_size
+    per_partition = max(block_size, math.ceil(users.num_rows / spark.sparkContext.defaultParallelism))
+    try:
+        with _spark_conf(spark, ARROW_BATCH_CONF, str(per_partition)):
+            frame = spark.createDataFrame(users)
+        with _spark_conf(spark, ARROW_BATCH_CONF, str(block_size)):
+            frame.mapInArrow(score_partition, SCORES.spark_schema()).write.mode("overwrite").parquet(str(out_dir))
+    finally:
+        shared.destroy()
+
+
+def score_to_partition(
+    lake: Lake, ds: str, features: FeatureSet, model: Recommender, model_version: str, settings: Settings
+) -> ScoreResult:
+    """Score every user of the run and atomically replace ``scores/ds=DS/domain=TARGET``."""
+    from crossrec_core.training import resolve_device
+
+    score: ScoreSettings = settings.score
+    started = time.perf_counter()
+    device = resolve_device(settings.model.device)
+    scorer = RunScorer.build(model, features, model_version, settings, device)
+    users = run_users(features, score.min_history)
+    segments = dict(zip(*np.unique(users.column("segment").to_numpy(zero_copy_only=False), return_counts=True), strict=True))
+    log.info(
+        "scoring %d %s users (%s) against %d items with %s on %s, backend %s, k=%d, blocks of %d",
+        users.num_rows, features.target, ", ".join(f"{s}: {n}" for s, n in sorted(segments.items())),
+        features.n_items(features.target), model_version, device, score.backend, score.k, score.block_size,
+    )
+    with lake.replace_partition(SCORES, ds=ds, domain=features.target) as staged:
+        if score.backend == "spark":
+            _score_with_spark(settings, scorer, users, staged)
+        else:
+            _score_locally(scorer, users, score.block_size, staged)
+    live = lake.partition_path(SCORES, ds=ds, domain=features.target)
+    size, files = dir_size(live)
+    rows = pads.dataset(live, format="parquet").count_rows()
+    result = ScoreResult(
+        users=users.num_rows, rows=rows, bytes=size, files=files, seconds=time.perf_counter() - started,
+        segments={str(s): int(n) for s, n in segments.items()}, backend=score.backend,
+    )
+    log.info(
+        "scored %d users in %.2f s (%.0f users/s): %d rows, %d bytes in %d files at %s",
+        result.users, result.seconds, result.users_per_second, rows, size, files, live,
+    )
+    return result
+
+
+def score_stage(settings: Settings, ds: str) -> StageReport:
+    """Score tonight's target users with tonight's model, unless the gate rejected it."""
+    from crossrec_core.features import load_features
+    from crossrec_core.model_store import load_model, model_dir, model_version
+    from crossrec_core.serving import gate_decision
+
+    lake = Lake(settings.lake)
+    with stage_run(lake, "score", ds) as report:
+        decision = gate_decision(lake, ds)
+        if not decision["publish"]:
+            report.status = StageStatus.SKIPPED
+            report.metrics["reason"] = decision.get("reason", "")
+            log.info("score skipped for ds=%s: the gate rejected the model: %s", ds, decision.get("reason"))
+            return report
+        version = model_version(ds)
+        features = load_features(lake, ds, settings.source, settings.target)
+        model, card = load_model(lake, version, features)
+        features_bytes, _ = dir_size(lake.partition_path(USER_KEYS, ds=ds).parent)
+        model_bytes, _ = dir_size(model_dir(lake, version))
+        log.info("read features ds=%s (%d users, %d bytes) and model %s (%s, %d bytes)", ds, features.n_users, features_bytes, version, card.get("name"), model_bytes)
+        result = score_to_partition(lake, ds, features, model, version, settings)
+        report.rows_in = result.users
+        report.bytes_in = features_bytes + model_bytes
+        report.rows_out = result.rows
+        report.bytes_out = result.bytes
+        report.metrics.update(
+            {
+                "model_version": version,
+                "model": card.get("name"),
+                "domain": settings.target,
+                "k": settings.score.k,
+                "backend": result.backend,
+                "segments": result.segments,
+                "users_per_second": round(result.users_per_second, 1),
+                "score_seconds": round(result.seconds, 3),
+            }
+        )
+    return report

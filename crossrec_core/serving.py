@@ -1,0 +1,364 @@
+"""Serving: publish a night's scores into ``serving/recommendations``, read them back, vacuum.
+
+* ``publish_stage`` commits the Parquet files of ``scores/ds=DS/domain=TARGET`` into the
+  Delta table with ONE delta-rs commit that replaces the (ds, domain) partition, so a
+  reader sees yesterday's snapshot or tonight's, never a mix; re-publishing a date gives
+  identical rows and one new table version. When the gate (``models/ds=DS/gate.json``)
+  said no, nothing is committed and the last good recommendations stay served.
+* Readers go through a snapshot (a table version) with partition pruning
+  (``Lake.delta_dataset``), never a directory listing and never the whole table.
+* Every row's ``model_version`` is the model directory under the lake root; its card is
+  :func:`model_card_for`.
+
+This module imports neither torch nor Spark at the top: ``crossrec recs`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from crossrec_core.config import Settings
+from crossrec_core.contracts import RECOMMENDATIONS, RUN_REPORTS, SCORES, Segment, StageStatus, Table
+from crossrec_core.lake import STAGING_DIR, Lake, LakeError, MissingPartitionError
+from crossrec_core.reports import StageReport, stage_run
+
+log = logging.getLogger(__name__)
+
+GATE_FILE = "gate.json"  # written by the evaluate stage (crossrec_core.gate) beside the model
+DELTA_TABLES = (RECOMMENDATIONS, RUN_REPORTS)
+SERVED_COLUMNS = ["rank", "item_id", "score", "model_version", "segment"]
+
+
+# ---- the gate's decision ------------------------------------------------------------
+def gate_path(lake: Lake, ds: str) -> Path:
+    from crossrec_core.model_store import model_dir, model_version
+
+    return model_dir(lake, model_version(ds)) / GATE_FILE
+
+
+def gate_decision(lake: Lake, ds: str) -> dict[str, Any]:
+    """The evaluate stage's verdict on the model of ``ds``: ``{"publish": bool, "reason": str, ...}``.
+
+    A missing or malformed file is an error naming it: scoring or publishing a model
+    nobody gated would serve it unchecked."""
+    path = gate_path(lake, ds)
+    try:
+        decision = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MissingPartitionError(f"no gate decision at {path}: run the evaluate stage for ds={ds} first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LakeError(f"gate decision {path} is not valid JSON: {err}") from err
+    if not isinstance(decision, dict) or not isinstance(decision.get("publish"), bool):
+        raise LakeError(f"gate decision {path}: expected an object with a boolean 'publish', got {decision!r}")
+    return decision
+
+
+def model_card_for(lake: Lake, model_version: str) -> dict[str, Any]:
+    """The model card (``<lake>/<model_version>/model_card.json``) a recommendation row links to."""
+    from crossrec_core.model_store import read_card
+
+    return read_card(lake, model_version)
+
+
+# ---- publish --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Published:
+    table_version: int
+    rows: int
+    bytes: int
+    files: int
+
+
+def scores_files(lake: Lake, ds: str, domain: str) -> list[Path]:
+    """The Parquet files of ``scores/ds=DS/domain=D`` (hidden and ``_`` files are not data)."""
+    directory = lake.require_partition(SCORES, ds=ds, domain=domain)
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
+    if not files:
+        raise LakeError(f"scores partition {directory} holds no Parquet files: re-run the score stage for ds={ds}")
+    return files
+
+
+def publish_scores(lake: Lake, ds: str, domain: str, metrics: dict[str, Any] | None = None) -> Published:
+    """Commit the scores of (ds, domain) as the recommendations partition (one commit).
+
+    ``commit_delta_partition`` moves the files it commits, so copies go in (staged under
+    ``<lake>/_staging``): the scores stay, and a re-run of publish finds them again."""
+    files = scores_files(lake, ds, domain)
+    staging = lake.root / STAGING_DIR / f"publish__{ds}__{domain}__{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        copies = [Path(shutil.copy2(f, staging / f.name)) for f in files]
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in copies)
+        size = sum(f.stat().st_size for f in copies)
+        version = lake.commit_delta_partition(RECOMMENDATIONS, copies, metrics=metrics, ds=ds, domain=domain)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Published(table_version=version, rows=rows, bytes=size, files=len(files))
+
+
+def publish_stage(settings: Settings, ds: str) -> StageReport:
+    """Serve tonight's scores of the target domain, unless the gate kept the previous model."""
+    lake = Lake(settings.lake)
+    domain = settings.target
+    with stage_run(lake, "publish", ds) as report:
+        decision = gate_decision(lake, ds)
+        if not decision["publish"]:
+            report.status = StageStatus.GATED
+            report.metrics["reason"] = decision.get("reason", "")
+            served = latest_served(lake, domain)
+            report.metrics["still_served"] = served
+            log.info("publish gated for ds=%s: %s; still served: %s", ds, decision.get("reason"), served)
+            return report
+        from crossrec_core.model_store import model_version
+
+        published = publish_scores(lake, ds, domain, metrics={"ds": ds, "model_version": model_version(ds)})
+        report.rows_in = report.rows_out = published.rows
+        report.bytes_in = report.bytes_out = published.bytes
+        report.metrics.update({"table_version": published.table_version, "files": published.files, "domain": domain})
+        log.info(
+            "published %d rows (%d files, %d bytes) of ds=%s domain=%s as %s version %d",
+            published.rows, published.files, published.bytes, ds, domain, RECOMMENDATIONS.path, published.table_version,
+        )
+    return report
+
+
+# ---- reading ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Snapshot:
+    """One version of a Delta table: its number, its partitions and a pyarrow dataset."""
+
+    table: Table
+    version: int
+    partitions: list[dict[str, str]]
+    dataset: pads.Dataset
+
+    def days(self, **fixed: str) -> list[str]:
+        """The ``ds`` values present (matching ``fixed`` partition values), ascending."""
+        return sorted({p["ds"] for p in self.partitions if all(p.get(k) == v for k, v in fixed.items())})
+
+
+def snapshot(lake: Lake, table: Table, version: int | None = None) -> Snapshot:
+    """A consistent snapshot: the version is pinned first, so a concurrent commit can't
+    slip in between reading the partition list and the files."""
+    delta = lake.delta_table(table, version)
+    pinned = delta.version()
+    return Snapshot(table, pinned, delta.partitions(), lake.delta_dataset(table, pinned))
+
+
+def latest_served(lake: Lake, domain: str, before_ds: str | None = None) -> dict[str, str] | None:
+    """``{"ds", "model_version"}`` of the newest recommendations partition of ``domain``
+    (before ``before_ds`` when given), or None when nothing is served."""
+    if not lake.delta_exists(RECOMMENDATIONS):
+        return None
+    current = snapshot(lake, RECOMMENDATIONS)
+    days = [d for d in current.days(domain=domain) if before_ds is None or d < before_ds]
+    if not days:
+        return None
+    rows = current.dataset.to_table(
+        columns=["model_version"], filter=(pc.field("ds") == days[-1]) & (pc.field("domain") == domain)
+    ).slice(0, 1)
+    return {"ds": days[-1], "model_version": rows["model_version"][0].as_py()} if rows.num_rows else None
+
+
+@dataclass
+class UserRecommendations:
+    """One user's list in one partition of one table version (``rows`` sorted by rank).
+
+    ``known`` is False when the user has no list there: ``rows`` then hold that
+    partition's fallback (popularity) list, or nothing when it has none."""
+
+    user_id: str
+    domain: str
+    ds: str
+    table_version: int
+    known: bool
+    rows: pa.Table = field(repr=False)
+
+    @property
+    def segment(self) -> str:
+        return self.rows["segment"][0].as_py() if self.known else Segment.FALLBACK.value
+
+    @property
+    def model_version(self) -> str | None:
+        return self.rows["model_version"][0].as_py() if self.rows.num_rows else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "known": self.known,
+            "domain": self.domain,
+            "ds": self.ds,
+            "table_version": self.table_version,
+            "model_version": self.model_version,
+            "segment": self.segment,
+            "recommendations": self.rows.select(["rank", "item_id", "score"]).to_pylist(),
+        }
+
+
+def _fallback_list(dataset: pads.Dataset, partition: pc.Expression, k: int | None) -> pa.Table:
+    """The popularity list served to fallback users of one partition, for ids it doesn't know.
+
+    Fallback users with some target history have it excluded from their list, so the
+    full list is the one of a user who excluded nothing: the longest list, with the
+    highest total score among the longest (popularity does not depend on the user)."""
+    rows = dataset.to_table(columns=["user_id", *SERVED_COLUMNS], filter=partition & (pc.field("segment") == Segment.FALLBACK.value))
+    if not rows.num_rows:
+        return rows.select(SERVED_COLUMNS)
+    lists = rows.group_by("user_id").aggregate([("rank", "count"), ("score", "sum")])
+    best = lists.sort_by([("rank_count", "descending"), ("score_sum", "descending"), ("user_id", "ascending")])["user_id"][0]
+    chosen = rows.filter(pc.equal(rows["user_id"], best)).sort_by("rank")
+    return (chosen if k is None else chosen.slice(0, k)).select(SERVED_COLUMNS)
+
+
+def user_recommendations(
+    lake: Lake, user_id: str, domain: str, ds: str | None = None, version: int | None = None, k: int | None = None
+) -> UserRecommendations:
+    """The user's top-``k`` list (all ranks when None) in partition (ds, domain) of table
+    ``version``; defaults: the latest version and its newest ds of ``domain``."""
+    current = snapshot(lake, RECOMMENDATIONS, version)
+    days = current.days(domain=domain)
+    if ds is None:
+        if not days:
+            raise MissingPartitionError(f"{RECOMMENDATIONS.path} version {current.version} holds no recommendations for domain {domain!r}")
+        ds = days[-1]
+    elif ds not in days:
+        raise MissingPartitionError(
+            f"{RECOMMENDATIONS.path} version {current.version} has no partition ds={ds} domain={domain}; "
+            f"days present: {', '.join(days) or 'none'}"
+        )
+    partition = (pc.field("ds") == ds) & (pc.field("domain") == domain)
+    selected = partition & (pc.field("user_id") == user_id)
+    if k is not None:
+        selected = selected & (pc.field("rank") <= k)
+    rows = current.dataset.to_table(columns=SERVED_COLUMNS, filter=selected).sort_by("rank")
+    if rows.num_rows:
+        return UserRecommendations(user_id, domain, ds, current.version, True, rows)
+    return UserRecommendations(user_id, domain, ds, current.version, False, _fallback_list(current.dataset, partition, k))
+
+
+# ---- history ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableVersion:
+    table: str
+    version: int
+    timestamp: datetime
+    operation: str
+    parameters: dict[str, Any]
+    rows: int
+    files: int
+
+
+def table_versions(lake: Lake, table: Table, limit: int | None = None) -> list[TableVersion]:
+    """The newest ``limit`` versions of a Delta table (newest first), with the rows and
+    files of each version's snapshot, from the log's file statistics (no data read)."""
+    latest = lake.delta_table(table)
+    versions = []
+    for commit in latest.history(limit):
+        at_version = lake.delta_table(table, commit["version"])
+        versions.append(
+            TableVersion(
+                table=table.path,
+                version=commit["version"],
+                timestamp=datetime.fromtimestamp(commit["timestamp"] / 1000, UTC),
+                operation=commit.get("operation", ""),
+                parameters=commit.get("operationParameters", {}),
+                rows=at_version.count(),
+                files=len(at_version.file_uris()),
+            )
+        )
+    return versions
+
+
+# ---- retention -------------------------------------------------------------------------
+@dataclass
+class VacuumResult:
+    dry_run: bool
+    removed_partitions: list[str] = field(default_factory=list)  # "<table path> ds=... [domain=...]"
+    removed_files: list[str] = field(default_factory=list)  # files vacuumed from Delta tables
+    delete_commits: dict[str, int] = field(default_factory=dict)  # table path -> new version
+
+
+def _cutoff(days: Iterable[str], keep_days: int) -> str | None:
+    """The oldest ds kept: ``keep_days`` before the newest ds (None: nothing present)."""
+    days = sorted(days)
+    return (date.fromisoformat(days[-1]) - timedelta(days=keep_days)).isoformat() if days else None
+
+
+def _served_model_versions(lake: Lake, from_ds: str | None) -> set[str]:
+    """Model versions that recommendations partitions from ``from_ds`` on link to (streamed)."""
+    if from_ds is None:
+        return set()
+    versions: set[str] = set()
+    batches = snapshot(lake, RECOMMENDATIONS).dataset.to_batches(columns=["model_version"], filter=pc.field("ds") >= from_ds)
+    for batch in batches:
+        versions.update(pc.unique(batch["model_version"]).to_pylist())
+    return versions
+
+
+def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResult:
+    """Drop every ds partition older than ``keep_days`` before the table's newest ds.
+
+    Delta tables: one delta-rs delete commit per table, then a vacuum of files no longer
+    referenced for longer than ``keep_days`` (time travel keeps working within the kept
+    window). scores/ and models/ partitions older than the cutoff are removed, except
+    the models the remaining recommendations link to (the served model is never lost)."""
+    from crossrec_core.model_store import MODEL_FILES, model_version
+
+    if keep_days < 0:
+        raise ValueError(f"keep_days must be >= 0, got {keep_days}")
+    result = VacuumResult(dry_run=dry_run)
+    kept_from: dict[str, str | None] = {}
+    for table in DELTA_TABLES:
+        if not lake.delta_exists(table):
+            continue
+        delta = lake.delta_table(table)
+        present = sorted({p["ds"] for p in delta.partitions()})
+        cutoff = kept_from[table.name] = _cutoff(present, keep_days)
+        old = [d for d in present if cutoff and d < cutoff]
+        result.removed_partitions += [f"{table.path} ds={d}" for d in old]
+        if old and not dry_run:
+            delta.delete(f"ds < '{cutoff}'")
+            result.delete_commits[table.path] = delta.version()
+        vacuumed = delta.vacuum(retention_hours=keep_days * 24, enforce_retention_duration=False, dry_run=dry_run)
+        result.removed_files += [f"{table.path}/{f}" for f in vacuumed]
+
+    served = _served_model_versions(lake, kept_from.get(RECOMMENDATIONS.name))
+    for table in (SCORES, MODEL_FILES):
+        partitions = lake.parquet_partitions(table)
+        cutoff = _cutoff((p["ds"] for p in partitions), keep_days)
+        for partition in partitions:
+            if partition["ds"] >= cutoff or (table is MODEL_FILES and model_version(partition["ds"]) in served):
+                continue
+            result.removed_partitions.append(f"{table.path} " + " ".join(f"{k}={v}" for k, v in partition.items()))
+            if not dry_run:
+                lake.delete_parquet_partition(table, **partition)
+                _remove_empty_parents(lake.partition_path(table, **partition), lake.root / table.path)
+    log.info(
+        "vacuum (keep %d days%s): %d partitions, %d files removed",
+        keep_days, ", dry run" if dry_run else "", len(result.removed_partitions), len(result.removed_files),
+    )
+    return result
+
+
+def _remove_empty_parents(path: Path, stop: Path) -> None:
+    for parent in path.parents:
+        if parent == stop or stop not in parent.parents:
+            return
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            return
+

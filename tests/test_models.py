@@ -1,0 +1,166 @@
+"""The learned models: one interface, correct negatives and histories, transfer paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from crossrec_core.batches import InteractionBatches, NegativeSampler, batch_key, padded_histories
+from crossrec_core.config import load_settings
+from crossrec_core.contracts import Segment
+from crossrec_core.data import FeatureSet
+from crossrec_core.models.base import build_model, dot_scores
+from crossrec_core.models.encoders import TEMPERATURE, _GradientReversal, gaussian_mmd
+
+
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
+
+LEARNED = ("target_only", "joint_mf", "emcdr", "dann", "mmd")
+
+
+def model_settings(**overrides):
+    return load_settings(model={"dim": 8, "batch_size": 64, "negatives": 3, "device": "cpu", **overrides}).model
+
+
+def one_batch(model, features, seed=0):
+    batches = InteractionBatches(features, model.train_domains, 64, 3)
+    return next(batches.epoch(torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_every_learned_model_honours_the_interface(name, tiny_features):
+    torch.manual_seed(0)
+    model = build_model(name, tiny_features, model_settings())
+    assert model.name == name and model.learned
+    keys = torch.arange(tiny_features.n_users)
+    served = (tiny_features.target,) if name == "target_only" else tiny_features.domains
+    for domain in served:
+        users = model.user_vectors(domain, keys)
+        items = model.item_vectors(domain)
+        assert users.shape == (tiny_features.n_users, 8) and users.dtype == torch.float32
+        assert items.shape == (tiny_features.n_items(domain), 8) and items.dtype == torch.float32
+        assert dot_scores(users, items).shape == (tiny_features.n_users, tiny_features.n_items(domain))
+    with pytest.raises((ValueError, KeyError), match="nowhere"):
+        model.item_vectors("nowhere")
+
+    loss = model.calculate_loss(one_batch(model, tiny_features))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    untrained = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not untrained, f"parameters that the loss never reaches: {untrained}"
+
+
+def test_target_only_does_not_serve_the_source_domain(tiny_features):
+    model = build_model("target_only", tiny_features, model_settings())
+    with pytest.raises(ValueError, match="target_only serves domains \\['tgt'\\], not 'src'"):
+        model.user_vectors("src", torch.arange(3))
+
+
+def test_negatives_are_never_positives_and_cover_every_negative_uniformly():
+    rng = np.random.default_rng(1)
+    dense = rng.random((50, 12)) < 0.8  # most items are positives
+    dense[:, 0] = False  # every user keeps at least one negative
+    dense[7] = True
+    dense[7, 5] = False  # user 7 has exactly one negative: item 5
+    sampler = NegativeSampler(sp.csr_matrix(dense.astype(np.float32)))
+    users = torch.from_numpy(rng.integers(0, 50, size=20000))
+    negatives = sampler.sample(users, 5, torch.Generator().manual_seed(0))
+    assert negatives.shape == (20000, 5)
+    assert not dense[users.numpy()[:, None], negatives.numpy()].any()
+    assert set(negatives[users == 7].unique().tolist()) == {5}
+    # every negative of every user is drawn, about equally often
+    drawn = np.zeros((50, 12))
+    np.add.at(drawn, (users.numpy()[:, None].repeat(5, 1), negatives.numpy()), 1)
+    assert ((drawn > 0) == ~dense).all()
+    share = drawn / drawn.sum(1, keepdims=True)
+    expected = (~dense) / (~dense).sum(1, keepdims=True)
+    assert np.abs(share - expected).max() < 0.12
+
+
+def test_a_user_with_every_item_has_no_examples_and_cannot_be_sampled():
+    matrix = sp.csr_matrix(np.array([[1, 1, 1], [1, 0, 0]], dtype=np.float32))
+    sampler = NegativeSampler(matrix)
+    with pytest.raises(ValueError, match=r"users \[0\] interacted with all 3 items"):
+        sampler.sample(torch.tensor([0, 1]), 2, torch.Generator().manual_seed(0))
+    features = FeatureSet("a", "b", np.array(["x", "y"]), {"a": np.array(["i", "j", "k"]), "b": np.array(["i", "j", "k"])}, {"a": matrix, "b": matrix})
+    batches = InteractionBatches(features, ("b",), 8, 1)
+    assert batches.n_examples == 1  # only user 1's interaction remains
+    batch = next(batches.epoch(torch.Generator().manual_seed(0)))
+    assert batch[batch_key("users", "b")].tolist() == [1]
+    assert batch[batch_key("negatives", "b")].item() in (1, 2)
+
+
+def test_batches_visit_every_interaction_once_per_epoch(tiny_features):
+    batches = InteractionBatches(tiny_features, tiny_features.domains, 50, 2)
+    seen = {d: [] for d in tiny_features.domains}
+    for batch in batches.epoch(torch.Generator().manual_seed(3)):
+        for d in tiny_features.domains:
+            seen[d].append(batch[batch_key("users", d)] * 1000 + batch[batch_key("positives", d)])
+    for d in tiny_features.domains:
+        matrix = tiny_features.train[d].tocoo()
+        expected = np.sort(matrix.row.astype(np.int64) * 1000 + matrix.col)
+        assert np.array_equal(np.sort(torch.cat(seen[d]).numpy()), expected)
+
+
+def test_padded_histories_keep_the_heaviest_items():
+    matrix = sp.csr_matrix(np.array([[0.5, 3.0, 0, 2.0], [0, 0, 0, 0], [0, 0, 1.0, 0]], dtype=np.float32))
+    items, weights = padded_histories(matrix, 2)
+    assert items.tolist() == [[1, 3], [0, 0], [2, 0]]
+    assert weights.tolist() == [[3.0, 2.0], [0.0, 0.0], [1.0, 0.0]]
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    inputs = torch.randn(4, 3, requires_grad=True)
+    _GradientReversal.apply(inputs, 0.3).sum().backward()
+    assert torch.allclose(inputs.grad, torch.full((4, 3), -0.3))
+
+
+def test_dann_reversal_weight_follows_the_schedule(tiny_features):
+    model = build_model("dann", tiny_features, model_settings())
+    model.on_epoch_start(0, 10)
+    assert model.reversal_weight == 0.0
+    model.on_epoch_start(5, 10)
+    assert model.reversal_weight == pytest.approx(2 / (1 + np.exp(-5)) - 1)
+
+
+def test_mmd_separates_shifted_samples():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=generator)
+    same = torch.randn(200, 4, generator=generator)
+    assert gaussian_mmd(x, same) < 0.05
+    assert gaussian_mmd(x, same + 2.0) > 10 * gaussian_mmd(x, same)
+
+
+def test_cold_start_users_are_served_from_their_source_side(tiny_features):
+    cold = torch.from_numpy(tiny_features.holdout_users(Segment.COLD_START))
+    warm = torch.arange(20, 25)  # history in both domains
+    target_only = torch.arange(10, 15)  # no source history
+    emcdr = build_model("emcdr", tiny_features, model_settings())
+    with torch.no_grad():
+        assert torch.equal(emcdr.user_vectors("tgt", cold), emcdr.mapping(emcdr.users["src"](cold)))
+        assert torch.equal(emcdr.user_vectors("tgt", warm), emcdr.users["tgt"](warm))
+    dann = build_model("dann", tiny_features, model_settings())
+    with torch.no_grad():
+        assert torch.equal(dann.user_vectors("tgt", cold), dann.encode("src", cold) / TEMPERATURE)
+        assert torch.equal(dann.user_vectors("tgt", target_only), dann.encode("tgt", target_only) / TEMPERATURE)
+        both = torch.nn.functional.normalize(dann.encode("tgt", warm) + dann.encode("src", warm), dim=-1)
+        assert torch.allclose(dann.user_vectors("tgt", warm), both / TEMPERATURE)
+
+
+def test_history_encoding_excludes_the_positive(tiny_features):
+    """In-domain training must not see the item it is asked to rank."""
+    model = build_model("dann", tiny_features, model_settings())
+    matrix = tiny_features.train["tgt"]
+    user = int(tiny_features.users_with_history("tgt")[0])
+    own = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]]
+    keep = matrix.data[matrix.indptr[user] : matrix.indptr[user + 1]]
+    reduced = sp.csr_matrix((keep[1:], (np.full(len(own) - 1, user), own[1:])), shape=matrix.shape)
+    other = build_model("dann", tiny_features, model_settings())
+    other.load_state_dict(model.state_dict())
+    other.set_histories(FeatureSet(**{**tiny_features.__dict__, "train": {**tiny_features.train, "tgt": reduced}}))
+    users = torch.tensor([user])
+    with torch.no_grad():
+        excluded = model.encode("tgt", users, exclude_items=torch.tensor([int(own[0])]))
+        assert torch.allclose(excluded, other.encode("tgt", users), atol=1e-6)

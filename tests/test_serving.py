@@ -1,0 +1,270 @@
+"""Publishing scores into the serving Delta table, reading it back (recs, time travel,
+unknown users, snapshot isolation), its history, and retention (vacuum)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from typer.testing import CliRunner
+
+from crossrec_core.cli import app
+from crossrec_core.config import load_settings
+from crossrec_core.contracts import RECOMMENDATIONS, RUN_REPORTS, SCORES, StageStatus
+from crossrec_core.reports import read_run_reports
+from crossrec_core.serving import (
+    latest_served,
+    model_card_for,
+    publish_stage,
+    snapshot,
+    table_versions,
+    user_recommendations,
+    vacuum_lake,
+)
+
+
+def serving_settings(lake_root):
+    return load_settings(lake=lake_root, domains={"source": "src", "target": "tgt"})
+
+
+def write_gate(lake, ds: str, publish: bool, reason: str = "test") -> None:
+    """The evaluate stage's decision file for ``ds``."""
+    path = lake.root / "models" / f"ds={ds}"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "gate.json").write_text(json.dumps({"publish": publish, "reason": reason}))
+
+
+def scores_table(users: list[str], k: int, ds: str, segment: str = "warm", seed: int = 0) -> pa.Table:
+    """k rows per user, ranked, naming the model of ``ds``."""
+    rng = np.random.default_rng(seed)
+    n = len(users) * k
+    return SCORES.validate(pa.table({
+        "user_id": np.repeat(users, k),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
+        "item_id": [f"t{i}" for i in rng.integers(0, 1000, n)],
+        "score": np.sort(rng.random(n).astype(np.float32))[::-1],
+        "model_version": [f"models/ds={ds}"] * n,
+        "segment": [segment] * n,
+    }))
+
+
+def stage_scores(lake, ds: str, table: pa.Table) -> None:
+    lake.write_parquet_partition(SCORES, table, ds=ds, domain="tgt")
+
+
+def served_rows(lake, ds: str, version: int | None = None) -> pa.Table:
+    dataset = snapshot(lake, RECOMMENDATIONS, version).dataset
+    rows = dataset.to_table(filter=(pc.field("ds") == ds) & (pc.field("domain") == "tgt"), columns=SCORES.column_names)
+    return rows.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+
+
+def publish_night(lake_root, lake, ds: str, table: pa.Table, publish: bool = True):
+    stage_scores(lake, ds, table)
+    write_gate(lake, ds, publish=publish, reason="ok" if publish else "ndcg@10 fell 9% below the published model")
+    return publish_stage(serving_settings(lake_root), ds)
+
+
+USERS = [f"u{i}" for i in range(20)]
+
+
+def test_publish_commits_the_scores_once_and_a_republish_is_identical(lake_root, lake):
+    scores = scores_table(USERS, 5, "2026-01-05")
+    report = publish_night(lake_root, lake, "2026-01-05", scores)
+    version = lake.delta_table(RECOMMENDATIONS).version()
+
+    assert report.status == StageStatus.SUCCESS and report.rows_out == 100 and report.metrics["table_version"] == version
+    assert served_rows(lake, "2026-01-05").equals(scores.sort_by([("user_id", "ascending"), ("rank", "ascending")]))
+    assert lake.partition_path(SCORES, ds="2026-01-05", domain="tgt").is_dir()  # copied, not moved
+
+    again = publish_stage(serving_settings(lake_root), "2026-01-05")
+
+    assert lake.delta_table(RECOMMENDATIONS).version() == version + 1 == again.metrics["table_version"]
+    assert served_rows(lake, "2026-01-05").equals(served_rows(lake, "2026-01-05", version))
+    assert len(lake.delta_file_uris(RECOMMENDATIONS)) == 1  # the first commit's file was replaced
+    reports = read_run_reports(lake, "2026-01-05").to_pylist()
+    assert [(r["stage"], r["status"], r["rows_out"]) for r in reports] == [("publish", "success", 100)]
+
+
+def test_publish_without_scores_names_the_missing_partition(lake_root, lake):
+    from crossrec_core.lake import MissingPartitionError
+
+    write_gate(lake, "2026-01-05", publish=True)
+    with pytest.raises(MissingPartitionError, match="scores/ds=2026-01-05/domain=tgt"):
+        publish_stage(serving_settings(lake_root), "2026-01-05")
+    assert not lake.delta_exists(RECOMMENDATIONS)
+
+
+def test_a_gated_night_commits_nothing_and_the_last_good_list_stays_served(lake_root, lake):
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 5, "2026-01-05", seed=1))
+    version = lake.delta_table(RECOMMENDATIONS).version()
+
+    report = publish_night(lake_root, lake, "2026-01-06", scores_table(USERS, 5, "2026-01-06", seed=2), publish=False)
+
+    assert report.status == StageStatus.GATED and "ndcg@10 fell" in report.metrics["reason"]
+    assert report.metrics["still_served"] == {"ds": "2026-01-05", "model_version": "models/ds=2026-01-05"}
+    assert lake.delta_table(RECOMMENDATIONS).version() == version
+    assert latest_served(lake, "tgt") == {"ds": "2026-01-05", "model_version": "models/ds=2026-01-05"}
+    served = user_recommendations(lake, "u3", "tgt")
+    assert served.ds == "2026-01-05" and served.model_version == "models/ds=2026-01-05" and served.rows.num_rows == 5
+    statuses = {(r["ds"], r["stage"]): r["status"] for r in read_run_reports(lake).to_pylist()}
+    assert statuses[("2026-01-06", "publish")] == "gated"
+
+
+def test_readers_see_the_old_or_the_new_snapshot_never_a_mix(lake_root, lake):
+    ds = "2026-01-05"
+    nights = {  # two versions of one partition that differ in users and in rows per user
+        "a": scores_table(USERS[:12], 5, ds, seed=3),
+        "b": scores_table(USERS[5:], 3, ds, seed=4),
+    }
+    expected = {(t.num_rows, tuple(sorted(set(t["user_id"].to_pylist())))) for t in nights.values()}
+    publish_night(lake_root, lake, ds, nights["a"])
+    publishing = threading.Event()
+    publishing.set()
+    seen: list[tuple[int, tuple[str, ...]]] = []
+    errors: list[BaseException] = []
+
+    def reader():
+        try:
+            while publishing.is_set():
+                rows = snapshot(lake, RECOMMENDATIONS).dataset.to_table(
+                    columns=["user_id"], filter=(pc.field("ds") == ds) & (pc.field("domain") == "tgt")
+                )
+                user_ids = tuple(sorted(set(rows["user_id"].to_pylist())))
+                seen.append((rows.num_rows, user_ids))
+        except BaseException as err:  # surfaced in the main thread
+            errors.append(err)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for night in ["b", "a", "b", "a", "b"]:
+            publish_night(lake_root, lake, ds, nights[night])
+    finally:
+        publishing.clear()
+        thread.join()
+    assert not errors
+    assert set(seen) == expected  # both snapshots were read, nothing in between
+    assert lake.delta_table(RECOMMENDATIONS).version() == 6  # create + 6 publishes, one commit each
+
+
+def test_recs_time_travel_returns_the_earlier_list(lake_root, lake):
+    first = scores_table(USERS, 5, "2026-01-05", seed=5)
+    publish_night(lake_root, lake, "2026-01-05", first)
+    earlier = lake.delta_table(RECOMMENDATIONS).version()
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 5, "2026-01-05", seed=6))
+    runner = CliRunner()
+
+    old = runner.invoke(app, ["recs", "u7", "--version", str(earlier), "--json", "--lake", str(lake_root), "--domain", "tgt", "-k", "3"])
+    new = runner.invoke(app, ["recs", "u7", "--json", "--lake", str(lake_root), "--domain", "tgt", "-k", "3"])
+
+    assert old.exit_code == 0 and new.exit_code == 0, old.output + new.output
+    old_list, new_list = json.loads(old.stdout), json.loads(new.stdout)
+    u7 = first.filter(pc.equal(first["user_id"], "u7")).slice(0, 3)
+    assert [r["item_id"] for r in old_list["recommendations"]] == u7["item_id"].to_pylist()
+    assert [r["rank"] for r in old_list["recommendations"]] == [1, 2, 3]
+    assert old_list["table_version"] == earlier and new_list["table_version"] == earlier + 1
+    assert old_list["recommendations"] != new_list["recommendations"]
+    assert new_list["known"] and new_list["segment"] == "warm" and new_list["ds"] == "2026-01-05"
+
+    shown = runner.invoke(app, ["recs", "u7", "--lake", str(lake_root), "--domain", "tgt", "--ds", "2026-01-05"])
+    assert shown.exit_code == 0
+    caption = " ".join(shown.stdout.split())  # rich wraps the caption to the table's width
+    assert f"ds 2026-01-05 · domain tgt · model models/ds=2026-01-05 · table version {earlier + 1}" in caption
+
+
+def test_an_unknown_user_is_told_so_and_shown_the_fallback_list(lake_root, lake):
+    popular = ["t9", "t4", "t1"]
+    rows = pa.concat_tables([
+        scores_table(USERS, 3, "2026-01-05"),
+        SCORES.validate(pa.table({  # fb0 saw t4: its popularity list skips it; fb1's list is the full one
+            "user_id": ["fb0"] * 3 + ["fb1"] * 3,
+            "rank": pa.array([1, 2, 3] * 2, pa.int32()),
+            "item_id": ["t9", "t1", "t7"] + popular,
+            "score": pa.array([3.0, 1.0, 0.5, 3.0, 2.0, 1.0], pa.float32()),
+            "model_version": ["models/ds=2026-01-05"] * 6,
+            "segment": ["fallback"] * 6,
+        })),
+    ])
+    publish_night(lake_root, lake, "2026-01-05", rows)
+    runner = CliRunner()
+
+    as_json = runner.invoke(app, ["recs", "stranger", "--json", "--lake", str(lake_root), "--domain", "tgt"])
+    as_text = runner.invoke(app, ["recs", "stranger", "--lake", str(lake_root), "--domain", "tgt"])
+
+    assert as_json.exit_code == 1 and as_text.exit_code == 1
+    answer = json.loads(as_json.stdout)
+    assert answer["known"] is False and answer["segment"] == "fallback"
+    assert [r["item_id"] for r in answer["recommendations"]] == popular
+    assert "'stranger' has no recommendations" in as_text.stderr and "popularity list" in as_text.stderr
+    assert "fallback (popularity) list" in as_text.stdout and "t9" in as_text.stdout
+
+    with pytest.raises(Exception, match="no partition ds=2026-02-01"):
+        user_recommendations(lake, "u1", "tgt", ds="2026-02-01")
+
+
+def test_each_row_links_to_its_model_card(lake_root, lake, tiny_features):
+    from crossrec_core.model_store import save_model
+    from crossrec_core.models.base import build_model
+
+    model = build_model("popularity", tiny_features, load_settings().model)
+    model.fit_fixed(tiny_features)
+    save_model(lake, "2026-01-05", model, {"metrics": {"all": {"ndcg@10": 0.25}}})
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 2, "2026-01-05"))
+
+    card = model_card_for(lake, user_recommendations(lake, "u1", "tgt").model_version)
+
+    assert card["name"] == "popularity" and card["metrics"]["all"]["ndcg@10"] == 0.25 and card["ds"] == "2026-01-05"
+
+
+def test_table_history_lists_versions_with_rows(lake_root, lake):
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 5, "2026-01-05"))
+    publish_night(lake_root, lake, "2026-01-06", scores_table(USERS[:4], 5, "2026-01-06"))
+
+    versions = table_versions(lake, RECOMMENDATIONS)
+
+    assert [(v.version, v.rows, v.files) for v in versions] == [(2, 120, 2), (1, 100, 1), (0, 0, 0)]
+    assert versions[-1].operation == "CREATE TABLE" and versions[0].timestamp >= versions[1].timestamp
+    shown = CliRunner().invoke(app, ["tables", "--lake", str(lake_root)])
+    assert shown.exit_code == 0
+    assert "serving/recommendations" in shown.stdout and "serving/run_reports" in shown.stdout and "120" in shown.stdout
+
+
+def test_vacuum_drops_old_partitions_keeps_the_served_model_and_time_travel(lake_root, lake):
+    days = ["2026-01-01", "2026-01-02", "2026-01-03"]
+    for i, ds in enumerate(days):
+        publish_night(lake_root, lake, ds, scores_table(USERS, 2, ds, seed=i))
+    for ds in ["2026-01-04", "2026-01-05"]:  # newer models the gate rejected
+        publish_night(lake_root, lake, ds, scores_table(USERS, 2, ds), publish=False)
+    before = lake.delta_table(RECOMMENDATIONS).version()
+
+    dry = vacuum_lake(lake, keep_days=1, dry_run=True)
+    assert lake.delta_table(RECOMMENDATIONS).version() == before and (lake.root / "models/ds=2026-01-01").is_dir()
+
+    result = vacuum_lake(lake, keep_days=1)
+
+    assert sorted(result.removed_partitions) == sorted(dry.removed_partitions) == sorted([
+        "serving/recommendations ds=2026-01-01",
+        "serving/run_reports ds=2026-01-01", "serving/run_reports ds=2026-01-02", "serving/run_reports ds=2026-01-03",
+        "scores ds=2026-01-01 domain=tgt", "scores ds=2026-01-02 domain=tgt", "scores ds=2026-01-03 domain=tgt",
+        "models ds=2026-01-01",  # 01-02 and 01-03 are older than the models' cutoff but still served
+    ])
+    current = snapshot(lake, RECOMMENDATIONS)
+    assert current.version == before + 1 and current.days() == ["2026-01-02", "2026-01-03"]
+    assert served_rows(lake, "2026-01-01", before).num_rows == 40  # time travel within the kept window
+    assert [p["ds"] for p in lake.parquet_partitions(SCORES)] == ["2026-01-04", "2026-01-05"]
+    models = sorted(p.name for p in (lake.root / "models").iterdir())
+    assert models == ["ds=2026-01-02", "ds=2026-01-03", "ds=2026-01-04", "ds=2026-01-05"]
+    assert snapshot(lake, RUN_REPORTS).days() == ["2026-01-04", "2026-01-05"]
+
+    shown = CliRunner().invoke(app, ["vacuum", "--keep-days", "0", "--lake", str(lake_root)])
+
+    assert shown.exit_code == 0 and "removed partition serving/recommendations ds=2026-01-02" in shown.stdout
+    assert snapshot(lake, RECOMMENDATIONS).days() == ["2026-01-03"]
+    gone = [line.split("removed file ", 1)[1] for line in shown.stdout.splitlines() if line.startswith("removed file ")]
+    first_night = [p for p in gone if p.startswith("serving/recommendations/ds=2026-01-01/domain=tgt/part-")]
+    assert len(first_night) == 1 and not (lake.root / first_night[0]).exists()  # zero retention: deleted for good
+    assert not any((lake.root / path).exists() for path in gone)
