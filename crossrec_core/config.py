@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +102,21 @@ class GateSettings(_Section):
     tolerance: float = Field(ge=0, le=1, description="allowed relative drop of validation NDCG@10")
 
 
+class OrchestrationSettings(_Section):
+    """How Airflow runs the nightly DAG (dags/crossrec_nightly.py)."""
+
+    schedule: str = Field(description="cron expression or preset such as @daily")
+    start_date: date
+    raw_wait_minutes: float = Field(gt=0, description="how long to wait for a domain's raw partition before failing")
+    raw_poke_seconds: float = Field(gt=0)
+    sensor_mode: Literal["poke", "reschedule"]
+    retries: int = Field(ge=0, description="retries of transient failures; contract violations (exit 2) never retry")
+    retry_delay_seconds: float = Field(ge=0, description="first retry delay; doubles on each retry")
+    max_retry_delay_seconds: float = Field(ge=0)
+    spark_conn_id: str = Field(min_length=1)
+    torch_queue: str | None = Field(description="Airflow queue of the train and score tasks (a GPU worker); None: default queue")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CROSSREC_", env_nested_delimiter="__", extra="forbid")
 
@@ -121,6 +136,7 @@ class Settings(BaseSettings):
     model: ModelSettings
     score: ScoreSettings
     gate: GateSettings
+    orchestration: OrchestrationSettings
 
     @field_validator("event_weights")
     @classmethod

@@ -20,7 +20,7 @@ from typing import Any
 from crossrec_core.config import Settings
 from crossrec_core.contracts import StageStatus
 from crossrec_core.lake import Lake, LakeError
-from crossrec_core.reports import StageReport, read_run_reports, stage_run
+from crossrec_core.reports import ALL_DOMAINS, StageReport, read_run_reports, stage_run
 from crossrec_core.serving import gate_path, latest_served
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,23 @@ def summarise(lake: Lake, ds: str) -> list[dict[str, Any]]:
     return [row for row in rows if row["stage"] != "report"]
 
 
+def expected_stages(settings: Settings, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(stage, domain) of a complete night: score and publish are not expected once the gate said no."""
+    from crossrec_core.pipeline import PER_DOMAIN_STAGES, STAGES
+
+    gated = any(r["stage"] == "evaluate" and r["status"] == StageStatus.GATED for r in rows)
+    expected = []
+    for stage in STAGES:
+        if stage == "report" or (gated and stage in ("score", "publish")):
+            continue
+        domains = settings.domains.all if stage in PER_DOMAIN_STAGES else (ALL_DOMAINS,)
+        expected += [(stage, domain) for domain in domains]
+    return expected
+
+
 def report_stage(settings: Settings, ds: str) -> StageReport:
-    """Log the run's summary; fail, naming the stages, when any stage of ``ds`` failed."""
+    """Log the run's summary; fail, naming the stages, when a stage of ``ds`` failed or
+    did not run (a task that died before reporting leaves no row: it still fails the run)."""
     lake = Lake(settings.lake)
     with stage_run(lake, "report", ds) as report:
         rows = summarise(lake, ds)
@@ -120,16 +135,15 @@ def report_stage(settings: Settings, ds: str) -> StageReport:
                 row["rows_quarantined"], row["seconds"], row["note"],
             )
         report.rows_in = len(rows)
+        reported = {(r["stage"], r["domain"]) for r in rows}
+        missing = [f"{stage}[{domain}]" for stage, domain in expected_stages(settings, rows) if (stage, domain) not in reported]
         report.metrics["stages"] = {f"{r['stage']}[{r['domain']}]": r["status"] for r in rows}
         gated = [r for r in rows if r["status"] == StageStatus.GATED]
         if gated:
             report.metrics["gated"] = gated[0]["note"]
         failed = [r for r in rows if r["status"] == StageStatus.FAILED]
-        if failed:
-            raise RunFailed(
-                f"ds={ds}: {len(failed)} stage(s) failed: "
-                + "; ".join(f"{r['stage']}[{r['domain']}]: {r['note']}" for r in failed)
-            )
-        if not rows:
-            raise RunFailed(f"ds={ds}: no stage has run (run_reports has no row for this date)")
+        problems = [f"{r['stage']}[{r['domain']}] failed: {r['note']}" for r in failed]
+        problems += [f"{name} did not run" for name in missing]
+        if problems:
+            raise RunFailed(f"ds={ds}: " + "; ".join(problems))
     return report

@@ -28,6 +28,8 @@ def main(stage: str, argv: list[str] | None = None) -> int:
         parser.add_argument("--domain", required=True)
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--lake", help="lake root")
+    parser.add_argument("--source", help="source domain name (overrides domains.source)")
+    parser.add_argument("--target", help="target domain name (overrides domains.target)")
     parser.add_argument("--model", help="model name or 'auto'")
     parser.add_argument("-k", type=int, help="recommendations per user")
     parser.add_argument("--retrain", action="store_true", help="train from scratch (no warm start)")
@@ -37,6 +39,9 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     overrides: dict = {}
     if args.lake:
         overrides["lake"] = args.lake
+    domains = {role: name for role, name in (("source", args.source), ("target", args.target)) if name}
+    if domains:
+        overrides["domains"] = domains
     if args.model:
         overrides.setdefault("model", {})["name"] = args.model
     if args.retrain:

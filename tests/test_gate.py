@@ -46,6 +46,14 @@ def evaluate_and_publish(lake, settings, ds, ndcg):
     return evaluate_stage(settings, ds), publish_stage(settings, ds)
 
 
+def upstream_succeeded(lake, settings, ds, stages=("clean", "featurize", "train")):
+    """run_reports rows of the stages before the gate (score is done by ``night``'s files)."""
+    for stage in stages:
+        for domain in settings.domains.all if stage == "clean" else ("all",):
+            with stage_run(lake, stage, ds, domain=domain):
+                pass
+
+
 @pytest.mark.parametrize(
     ("new", "served", "publish"),
     [(0.20, None, True), (0.19, 0.20, True), (0.189, 0.20, False), (0.25, 0.20, True), (None, 0.20, True)],
@@ -90,22 +98,26 @@ def test_evaluate_without_a_model_names_the_missing_card(lake, gate_settings):
         evaluate_stage(gate_settings, "2026-01-01")
 
 
-def test_report_fails_naming_the_failed_stage_and_passes_a_gated_night(lake, gate_settings):
+def test_report_passes_a_complete_or_gated_night_and_names_failed_or_missing_stages(lake, gate_settings):
+    upstream_succeeded(lake, gate_settings, "2026-01-01", stages=("clean", "featurize", "train", "score"))
     evaluate_and_publish(lake, gate_settings, "2026-01-01", 0.20)
     ok = report_stage(gate_settings, "2026-01-01")
-    assert ok.status == StageStatus.SUCCESS and ok.metrics["stages"] == {"evaluate[all]": "success", "publish[all]": "success"}
+    assert ok.status == StageStatus.SUCCESS and set(ok.metrics["stages"].values()) == {"success"}
+    assert len(ok.metrics["stages"]) == 7  # clean x 2 domains, featurize, train, evaluate, score, publish
 
-    evaluate_and_publish(lake, gate_settings, "2026-01-02", 0.10)
+    upstream_succeeded(lake, gate_settings, "2026-01-02")
+    evaluate_and_publish(lake, gate_settings, "2026-01-02", 0.10)  # gated: no score expected
     gated = report_stage(gate_settings, "2026-01-02")
     assert gated.status == StageStatus.SUCCESS and "below" in gated.metrics["gated"]
 
-    with pytest.raises(RuntimeError, match="disk full"), stage_run(lake, "score", "2026-01-03"):
+    upstream_succeeded(lake, gate_settings, "2026-01-03", stages=("clean",))
+    with pytest.raises(RuntimeError, match="disk full"), stage_run(lake, "featurize", "2026-01-03"):
         raise RuntimeError("disk full")
-    with pytest.raises(RunFailed, match=r"ds=2026-01-03: 1 stage\(s\) failed: score\[all\]: RuntimeError: disk full"):
+    with pytest.raises(RunFailed, match=r"ds=2026-01-03: featurize\[all\] failed: RuntimeError: disk full; train\[all\] did not run"):
         report_stage(gate_settings, "2026-01-03")
 
 
 def test_report_of_a_date_nothing_ran_for_fails(lake, gate_settings):
     evaluate_and_publish(lake, gate_settings, "2026-01-01", 0.20)
-    with pytest.raises(RunFailed, match="no stage has run"):
+    with pytest.raises(RunFailed, match=r"ds=2026-01-09: clean\[movies\] did not run; clean\[books\] did not run; featurize"):
         report_stage(gate_settings, "2026-01-09")

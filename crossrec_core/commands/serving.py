@@ -20,6 +20,21 @@ class OutputFormat(StrEnum):
     JSON = "json"
 
 
+def show_recommendations(result) -> None:
+    """Print a ``UserRecommendations`` list as a table (rank, item, score, segment)."""
+    if not result.rows.num_rows:
+        return
+    table = RichTable(
+        title=Text(f"recommendations for {result.user_id!r}" if result.known else "fallback (popularity) list"),
+        caption=Text(f"ds {result.ds} · domain {result.domain} · model {result.model_version} · table version {result.table_version}"),
+    )
+    for column in ("rank", "item", "score", "segment"):
+        table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+    for row in result.rows.to_pylist():
+        table.add_row(*map(Text, (str(row["rank"]), row["item_id"], f"{row['score']:.4f}", row["segment"])))
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("recs")
     def recs(
@@ -53,16 +68,7 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                     markup=False,
                 )
-            if result.rows.num_rows:
-                table = RichTable(
-                    title=Text(f"recommendations for {user_id!r}" if result.known else "fallback (popularity) list"),
-                    caption=Text(f"ds {result.ds} · domain {result.domain} · model {result.model_version} · table version {result.table_version}"),
-                )
-                for column in ("rank", "item", "score", "segment"):
-                    table.add_column(column, justify="right" if column in ("rank", "score") else "left")
-                for row in result.rows.to_pylist():
-                    table.add_row(*map(Text, (str(row["rank"]), row["item_id"], f"{row['score']:.4f}", row["segment"])))
-                console.print(table)
+            show_recommendations(result)
         if not result.known:
             raise typer.Exit(1)
 
