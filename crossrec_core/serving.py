@@ -135,6 +135,17 @@ def publish_stage(settings: Settings, ds: str) -> StageReport:
     return report
 
 
+def restore_recommendations(lake: Lake, version: int) -> int:
+    """Roll ``serving/recommendations`` back to the content of ``version`` (one new commit;
+    time travel keeps every version in between). Returns the new table version."""
+    table = lake.delta_table(RECOMMENDATIONS)
+    if not 0 <= version < table.version():
+        raise LakeError(f"{RECOMMENDATIONS.path}: version {version} is not an earlier version (latest is {table.version()})")
+    table.restore(version)
+    log.info("restored %s to the content of version %d as version %d", RECOMMENDATIONS.path, version, table.version())
+    return table.version()
+
+
 # ---- reading ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Snapshot:

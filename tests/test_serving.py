@@ -176,6 +176,22 @@ def test_recs_time_travel_returns_the_earlier_list(lake_root, lake):
     assert f"ds 2026-01-05 · domain tgt · model models/ds=2026-01-05 · table version {earlier + 1}" in caption
 
 
+def test_restore_serves_an_earlier_version_again_and_refuses_a_later_one(lake_root, lake):
+    first = scores_table(USERS, 5, "2026-01-05", seed=5)
+    publish_night(lake_root, lake, "2026-01-05", first)
+    good = lake.delta_table(RECOMMENDATIONS).version()
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 5, "2026-01-05", seed=6))
+    runner = CliRunner()
+
+    restored = runner.invoke(app, ["restore", "--version", str(good), "--lake", str(lake_root)])
+
+    assert restored.exit_code == 0, restored.output
+    assert lake.delta_table(RECOMMENDATIONS).version() == good + 2  # a new commit; history is kept
+    assert served_rows(lake, "2026-01-05").equals(first.sort_by([("user_id", "ascending"), ("rank", "ascending")]))
+    refused = runner.invoke(app, ["restore", "--version", str(good + 2), "--lake", str(lake_root)])
+    assert "version 3 is not an earlier version (latest is 3)" in str(refused.exception)  # `crossrec` exits 2 with it
+
+
 def test_an_unknown_user_is_told_so_and_shown_the_fallback_list(lake_root, lake):
     popular = ["t9", "t4", "t1"]
     rows = pa.concat_tables([

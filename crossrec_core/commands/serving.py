@@ -126,6 +126,19 @@ def register(app: typer.Typer) -> None:
                 )))
             console.print(table)
 
+    @app.command("restore")
+    def restore(
+        version: Annotated[int, typer.Option("--version", min=0, help="earlier table version to serve again (see `crossrec tables`)")],
+        config: ConfigOption = None,
+        lake: LakeOption = None,
+    ) -> None:
+        """Roll serving/recommendations back to an earlier version (one new Delta commit)."""
+        from crossrec_core.lake import Lake
+        from crossrec_core.serving import restore_recommendations
+
+        new_version = restore_recommendations(Lake(settings_from(config, lake).lake), version)
+        console.print(f"recommendations now serve the content of version {version} (as version {new_version})", highlight=False)
+
     @app.command("vacuum")
     def vacuum(
         keep_days: Annotated[int, typer.Option("--keep-days", min=0, help="keep ds partitions this many days before the newest")],
