@@ -1,6 +1,6 @@
 """Speed of the demo-data generator at scale (not run in CI).
 
-    .venv/bin/python bench/demo_data_speed.py [--events 1000000 5000000 20000000] [--days 3]
+    .venv/bin/python -m bench.demo_data_speed [--events 1000000 5000000 20000000] [--days 3]
 
 For each total event count (both domains, all days; the target gets 35% of the source's
 volume) generates into a temporary lake with one user per 25 events and prints wall and CPU

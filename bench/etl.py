@@ -1,6 +1,6 @@
 """ETL throughput: clean (both domains) + featurize on synthetic raw logs (not run in CI).
 
-    .venv/bin/python bench/etl.py [--sizes 1000000,5000000] [--write-docs]
+    .venv/bin/python -m bench.etl [--sizes 1000000,5000000] [--write-docs]
 
 Each size runs in its own process (so that its peak memory is its own): a vectorised
 generator lands one night of raw logs (source domain: 70 % of the events, two Parquet
@@ -34,8 +34,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import typer
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "BENCHMARKS.md"
+from bench.common import REPO, write_section
+
 SECTION = "## ETL (clean + featurize)"
 DS = "2026-03-10"
 SOURCE, TARGET = "movies", "books"
@@ -183,17 +183,6 @@ def table(results: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section, leaving the other sections alone."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = current.find(SECTION)
-    if start < 0:
-        updated = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = current.find("\n## ", start + len(SECTION))
-        updated = current[:start] + text + (current[end:] if end >= 0 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(updated)
 
 
 @app.command()
@@ -209,18 +198,18 @@ def main(
     for events in (int(s) for s in sizes.split(",")):
         print(f"measuring {events:,} events ...", file=sys.stderr, flush=True)
         child = subprocess.run(
-            [sys.executable, __file__, "--one", str(events)], capture_output=True, text=True, cwd=REPO,
+            [sys.executable, "-m", "bench.etl", "--one", str(events)], capture_output=True, text=True, cwd=REPO,
             env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
         )
         if child.returncode:
             sys.exit(f"{events} events failed:\n{child.stderr[-3000:]}")
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    command = "python bench/etl.py" + (f" --sizes {sizes}" if sizes != "1000000,5000000" else "") + (" --write-docs" if write_docs else "")
+    command = "python -m bench.etl" + (f" --sizes {sizes}" if sizes != "1000000,5000000" else "") + (" --write-docs" if write_docs else "")
     text = table(results, command)
     print(text)
     if write_docs:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

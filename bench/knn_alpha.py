@@ -1,6 +1,6 @@
 """Tune item_knn_cross's popularity exponent alpha on the VALIDATION split (not run in CI).
 
-    .venv/bin/python bench/knn_alpha.py [--data ../shared/data] [--alphas 0,0.25,0.5,0.75,1]
+    .venv/bin/python -m bench.knn_alpha [--data ../shared/data] [--alphas 0,0.25,0.5,0.75,1]
 
 For each offline dataset (amazon cloth->sport, sport->cloth, MovieLens genre split),
 fits item_knn_cross on the validation view for every alpha and prints validation

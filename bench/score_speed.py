@@ -1,6 +1,6 @@
 """Scoring speed at nightly scale on the CPU (not run in CI).
 
-    .venv/bin/python bench/score_speed.py [--users 100000] [--items 50000] [--dim 64] [-k 50]
+    .venv/bin/python -m bench.score_speed [--users 100000] [--items 50000] [--dim 64] [-k 50]
         [--block-sizes 256,1024,4096] [--threads 2] [--write-docs]
 
 Synthetic target domain: ``--users`` users with ``--history`` random target items each
@@ -40,7 +40,8 @@ import scipy.sparse as sp
 import torch
 import typer
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO, write_section
+
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from crossrec_core import scoring  # noqa: E402
@@ -50,7 +51,6 @@ from crossrec_core.lake import Lake  # noqa: E402
 from crossrec_core.models.base import build_model  # noqa: E402
 from crossrec_core.serving import publish_scores  # noqa: E402
 
-DOCS = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "## Scoring"
 GOAL_RATIO, GOAL_SECONDS = 0.6, 60.0
 DS = "2026-01-05"
@@ -204,17 +204,6 @@ def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: in
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the "## Scoring" section, leaving the other sections alone."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = current.find(SECTION + "\n")
-    if start < 0:
-        updated = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = current.find("\n## ", start + len(SECTION))
-        updated = current[:start] + text + (current[end:] if end >= 0 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(updated)
 
 
 @app.command()
@@ -245,11 +234,11 @@ def main(
     best = max(blocks, key=lambda b: b["users_per_second"])["block_size"]
     job = {"block_size": best, **end_to_end(model, features, k, best)}
     print(f"whole job (block {best}): {job['seconds']:.1f} s", flush=True)
-    command = "python bench/score_speed.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.score_speed " + " ".join(sys.argv[1:])
     text = report(command.strip(), {"users": users, "items": items, "dim": dim, "k": k, "history": history}, blocks, job, threads)
     print(text)
     if write_docs:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

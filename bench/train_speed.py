@@ -1,6 +1,6 @@
 """Training throughput of every learned model on the CPU (not run in CI).
 
-    .venv/bin/python bench/train_speed.py [--data ../shared/data/amazon-cloth-sport] [--write-docs]
+    .venv/bin/python -m bench.train_speed [--data ../shared/data/amazon-cloth-sport] [--write-docs]
 
 Each model trains in its own process (so that its peak memory is its own) with the real
 trainer (``fit_model``) for ``--epochs`` epochs on amazon, source sport -> target
@@ -24,8 +24,8 @@ from typing import Annotated
 
 import typer
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "BENCHMARKS.md"
+from bench.common import REPO, write_section
+
 SECTION = "## Training throughput"
 MODELS = ("target_only", "joint_mf", "emcdr", "dann", "mmd")
 GOALS = {"target_only": 300_000, "dann": 100_000}
@@ -90,17 +90,6 @@ def table(results: list[dict], command: str, load_before: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section, leaving the other sections alone."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = current.find(SECTION)
-    if start < 0:
-        updated = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = current.find("\n## ", start + len(SECTION))
-        updated = current[:start] + text + (current[end:] if end >= 0 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(updated)
 
 
 @app.command()
@@ -120,19 +109,19 @@ def main(
     results = []
     for model in models.split(","):
         run = subprocess.run(
-            [sys.executable, __file__, "--child", model, "--data", str(data), "--epochs", str(epochs),
+            [sys.executable, "-m", "bench.train_speed", "--child", model, "--data", str(data), "--epochs", str(epochs),
              "--threads", str(threads), "--settings", settings],
-            capture_output=True, text=True, check=False,
+            capture_output=True, text=True, check=False, cwd=REPO,
         )
         if run.returncode != 0:
             raise SystemExit(f"{model} failed:\n{run.stderr[-3000:]}")
         results.append(json.loads(run.stdout.strip().splitlines()[-1]))
         print(f"{model}: {results[-1]['examples_per_second']:,.0f} examples/s, peak {results[-1]['peak_rss_mib']:,.0f} MiB", flush=True)
-    command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.train_speed " + " ".join(sys.argv[1:])
     text = table(results, command.strip(), load_before)
     print(text)
     if write_docs:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""What every benchmark shares: where the page is, how a section is replaced, the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+# CROSSREC_BENCH_DOCS lets the smoke test write somewhere else than the real page
+DOCS = Path(os.environ.get("CROSSREC_BENCH_DOCS", REPO / "docs" / "BENCHMARKS.md"))
+
+
+def machine() -> str:
+    """One line naming the machine and the date, for every table."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    memory = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def write_section(section: str, text: str) -> None:
+    """Replace (or append) the ``section`` heading's part of the page, leaving the others alone."""
+    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    start = current.find(section + "\n")
+    if start < 0:
+        updated = current.rstrip("\n") + "\n\n" + text
+    else:
+        end = current.find("\n## ", start + len(section))
+        updated = current[:start] + text + (current[end:] if end >= 0 else "")
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS.write_text(updated)
