@@ -107,7 +107,7 @@ def night(tmp_path_factory, spark):
     featurize(settings, DS)
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "CROSSREC_MODEL__NAME": "dann", "CROSSREC_MODEL__EPOCHS": "6",
            "CROSSREC_MODEL__PATIENCE": "6", "CROSSREC_MODEL__DIM": "16", "CROSSREC_SPARK__SHUFFLE_PARTITIONS": "2"}
-    for stage in ("train", "evaluate", "score"):  # in their own processes, as the kills below (same torch threads)
+    for stage in ("train", "evaluate", "score", "publish"):  # in their own processes, as the kills below (same torch threads)
         subprocess.run(job(stage, root, settings), env=env, check=True, capture_output=True)
     baseline = {stage: partition_digest(lake, stage, settings) for stage in ("clean", "featurize", "train", "score")}
     return settings, lake, baseline, env
@@ -131,7 +131,10 @@ def test_a_killed_stage_leaves_a_complete_partition_and_the_rerun_equals_the_uni
     rerun = subprocess.run(job(stage, lake.root, settings), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert partition_digest(lake, stage, settings) == baseline[stage]
-    assert not any((lake.root / "_staging").glob("*")) if (lake.root / "_staging").exists() else True
+    if stage == "train":  # a new model voids the gate decision kept beside the old one: the DAG gates it again
+        subprocess.run(job("evaluate", lake.root, settings), env=env, check=True, capture_output=True)
+    staging = lake.root / "_staging"
+    assert not staging.exists() or not any(staging.iterdir())  # nothing left half-written aside
 
 
 def test_a_killed_training_resumes_from_its_checkpoint(night):
@@ -143,3 +146,20 @@ def test_a_killed_training_resumes_from_its_checkpoint(night):
     card = json.loads((model_dir(lake, model_version(DS)) / "model_card.json").read_text())
     assert card["training"]["resumed_from_epoch"] >= 1
     assert partition_digest(lake, "train", settings) == baseline["train"]  # resumed = same weights as uninterrupted
+
+
+def test_a_truncated_model_file_fails_scoring_clearly_and_the_served_list_stays(night):
+    from crossrec_core.contracts import RECOMMENDATIONS
+    from crossrec_core.serving import snapshot
+
+    settings, lake, _, env = night
+    served_version = snapshot(lake, RECOMMENDATIONS).version
+    model_file = model_dir(lake, model_version(DS)) / MODEL_FILE
+    model_file.write_bytes(model_file.read_bytes()[:100])
+
+    scored = subprocess.run(job("score", lake.root, settings), env=env, capture_output=True, text=True)
+
+    assert scored.returncode == 2  # a contract violation: Airflow does not retry it, publish never runs
+    assert f"model file {model_file} is corrupt or truncated" in scored.stderr
+    assert "Traceback" not in scored.stderr
+    assert snapshot(lake, RECOMMENDATIONS).version == served_version

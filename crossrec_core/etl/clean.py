@@ -61,6 +61,7 @@ WHITESPACE = " \t\n\r\f\v\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\
 CONTROL_CHARACTER = r"\p{Cc}"
 MILLISECONDS_ABOVE = 1e11
 KEY_SEPARATOR = "\u001f"
+JSON_FILE = r"\.jsonl?(\.gz)?$"
 MAX_FILES_IN_MESSAGE = 3
 
 
@@ -121,9 +122,11 @@ def validate(raw: DataFrame, settings: Settings, ds: str) -> DataFrame:
         (F.try_element_at(weights, F.col("clean_event_type")) * F.col("clean_value")).alias("clean_weight"),
     )
     ids = [F.col("clean_user_id"), F.col("clean_item_id"), F.col("given_event_id")]
+    # JSON arrays/objects where an id belongs arrive as their JSON text: a wrong type, not an id
+    structured_id = F.col("file_path").rlike(JSON_FILE) & _any(c.rlike(r"^[\[{]") for c in ids)
     ts, weight = F.col("clean_ts"), F.col("clean_weight")
     rules: list[tuple[QuarantineReason, Column]] = [
-        (QuarantineReason.MALFORMED_RECORD, F.col("raw_record").isNotNull() | _any(c.rlike(CONTROL_CHARACTER) for c in ids)),
+        (QuarantineReason.MALFORMED_RECORD, F.col("raw_record").isNotNull() | structured_id | _any(c.rlike(CONTROL_CHARACTER) for c in ids)),
         (QuarantineReason.MISSING_USER_ID, _is_blank(F.col("clean_user_id"))),
         (QuarantineReason.MISSING_ITEM_ID, _is_blank(F.col("clean_item_id"))),
         (QuarantineReason.OVERSIZE_ID, _any(F.length(c) > settings.max_id_length for c in ids)),
