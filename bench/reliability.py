@@ -1,0 +1,163 @@
+"""Crash trials: kill -9 a stage's process at a random point, then rerun the date; count
+how often readers saw only complete partitions and the rerun equalled an uninterrupted
+run (not run in CI; tests/test_reliability_crash.py runs one trial per stage).
+
+    .venv/bin/python -m bench.reliability [--seeds 10] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import REPO, machine, write_section
+from crossrec_core.config import load_settings
+from crossrec_core.contracts import CLEAN_INTERACTIONS, FEATURE_INTERACTIONS, SCORES
+from crossrec_core.lake import Lake
+from crossrec_core.model_store import MODEL_FILE, model_dir, model_version
+
+DS = "2026-03-10"
+STAGES = ("clean", "featurize", "train", "score")
+SECTION = "## Crash trials (kill -9, then rerun)"
+JOB_ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "CROSSREC_MODEL__NAME": "dann", "CROSSREC_MODEL__EPOCHS": "6",
+           "CROSSREC_MODEL__PATIENCE": "6", "CROSSREC_MODEL__DIM": "16", "CROSSREC_SPARK__SHUFFLE_PARTITIONS": "2"}
+
+
+def partition_digest(lake: Lake, stage: str, settings) -> str | None:
+    """A digest of what ``stage`` serves to readers for DS (None: nothing there yet)."""
+    if stage == "train":
+        path = model_dir(lake, model_version(DS)) / MODEL_FILE
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    table, values = {
+        "clean": (CLEAN_INTERACTIONS, {"domain": settings.target}),
+        "featurize": (FEATURE_INTERACTIONS, {}),
+        "score": (SCORES, {"domain": settings.target}),
+    }[stage]
+    if not lake.partition_path(table, ds=DS, **values).exists():
+        return None
+    rows = lake.read_parquet_partition(table, ds=DS, **values)
+    rows = rows.sort_by([(name, "ascending") for name in rows.column_names if name not in ("weight", "score")])
+    return hashlib.sha256(repr(rows.to_pydict()).encode()).hexdigest()
+
+
+@dataclass
+class Reader:
+    """Polls the partition while the stage runs; records every digest it saw."""
+
+    lake: Lake
+    stage: str
+    settings: object
+    seen: set = field(default_factory=set)
+    vanished: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.seen.add(partition_digest(self.lake, self.stage, self.settings))
+            except FileNotFoundError:  # the files it listed were swapped away: a retry, not a partial view
+                self.vanished += 1
+
+
+def job(stage: str, lake_root: Path, settings) -> list[str]:
+    args = [sys.executable, str(REPO / "jobs" / f"{stage}.py"), "--ds", DS, "--lake", str(lake_root)]
+    return args + (["--domain", settings.target] if stage == "clean" else [])
+
+
+def run_killed(stage: str, lake_root: Path, settings, seed: int, env: dict) -> float:
+    """Start the job, kill -9 its whole process group at a random point; return when."""
+    rng = random.Random(seed)
+    process = subprocess.Popen(job(stage, lake_root, settings), env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.perf_counter()
+    if stage == "train":  # kill after a checkpoint exists, at a random point of a later epoch
+        checkpoints = lake_root / "models" / "_checkpoints"
+        while process.poll() is None and not any(checkpoints.rglob("*.pt")):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
+    else:
+        time.sleep(rng.uniform(0.5, {"clean": 12.0, "featurize": 12.0, "score": 2.5}[stage]))
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return time.perf_counter() - started
+
+
+def prepare_night(root: Path) -> tuple:
+    """One uninterrupted night; returns (settings, lake, digests per stage, job environment)."""
+    from crossrec_core.etl.clean import clean
+    from crossrec_core.etl.featurize import featurize
+    from crossrec_core.ingest.demo_data import generate_demo_data
+
+    settings = load_settings(lake=root, model={"name": "dann", "epochs": 6, "patience": 6, "dim": 16}, spark={"shuffle_partitions": 2})
+    lake = Lake(root)
+    generate_demo_data(lake, settings, users=300, days=1, seed=5, bad_fraction=0.02, end_date=DS)
+    for domain in settings.domains.all:
+        clean(settings, DS, domain)
+    featurize(settings, DS)
+    env = {**os.environ, **JOB_ENV}
+    for stage in ("train", "evaluate", "score", "publish"):  # in their own processes, as the kills (same torch threads)
+        subprocess.run(job(stage, root, settings), env=env, check=True, capture_output=True)
+    baseline = {stage: partition_digest(lake, stage, settings) for stage in STAGES}
+    return settings, lake, baseline, env
+
+
+def trial(stage: str, seed: int, settings, lake: Lake, baseline: dict, env: dict) -> dict:
+    """One kill and rerun; what the reader saw and whether the rerun matched."""
+    reader = Reader(lake, stage, settings)
+    polling = threading.Thread(target=reader.run)
+    polling.start()
+    try:
+        killed_after = run_killed(stage, lake.root, settings, seed, env)
+    finally:
+        reader.stop.set()
+        polling.join()
+    rerun = subprocess.run(job(stage, lake.root, settings), env=env, capture_output=True, text=True)
+    if stage == "train":  # a new model voids the gate decision kept beside the old one: gate it again
+        subprocess.run(job("evaluate", lake.root, settings), env=env, check=True, capture_output=True)
+    return {
+        "stage": stage, "seed": seed, "killed_after_s": round(killed_after, 2),
+        "reader_saw_only_complete": reader.seen == {baseline[stage]}, "reader_retries": reader.vanished,
+        "rerun_ok": rerun.returncode == 0, "rerun_equal": partition_digest(lake, stage, settings) == baseline[stage],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="crossrec-crash-") as workdir:
+        settings, lake, baseline, env = prepare_night(Path(workdir) / "lake")
+        for stage in args.stages.split(","):
+            for seed in range(args.seeds):
+                results.append(trial(stage, seed, settings, lake, baseline, env))
+                print(json.dumps(results[-1]), flush=True)
+    lines = [SECTION, "", f"`python -m bench.reliability --seeds {args.seeds}`; {machine()}.", "",
+             "| stage | trials | reader saw only complete partitions | rerun succeeded | rerun equal to uninterrupted run | reader retries (files swapped away mid-read) |",
+             "|---|---|---|---|---|---|"]
+    for stage in args.stages.split(","):
+        rows = [r for r in results if r["stage"] == stage]
+        lines.append(f"| {stage} | {len(rows)} | {sum(r['reader_saw_only_complete'] for r in rows)} | "
+                     f"{sum(r['rerun_ok'] for r in rows)} | {sum(r['rerun_equal'] for r in rows)} | {sum(r['reader_retries'] for r in rows)} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write_docs:
+        write_section(SECTION, text)
+
+
+if __name__ == "__main__":
+    main()
