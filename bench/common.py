@@ -22,14 +22,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 
 
-def write_section(section: str, text: str) -> None:
-    """Replace (or append) the ``section`` heading's part of the page, leaving the others alone."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+def write_section(section: str, text: str, page: Path = DOCS) -> None:
+    """Replace (or append) the ``section`` heading's part of ``page``, leaving the others alone."""
+    current = page.read_text() if page.exists() else "# Benchmarks\n"
     start = current.find(section + "\n")
     if start < 0:
         updated = current.rstrip("\n") + "\n\n" + text
     else:
         end = current.find("\n## ", start + len(section))
         updated = current[:start] + text + (current[end:] if end >= 0 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(updated)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(updated)

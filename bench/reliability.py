@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write_docs:
-        write_section(SECTION, text)
+        write_section(SECTION, text, page=REPO / "docs" / "RELIABILITY.md")
 
 
 if __name__ == "__main__":
