@@ -21,9 +21,11 @@ SHARED_AMAZON = REPO.parent / "shared" / "data" / "amazon-cloth-sport"
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "etl": (["--sizes", "1000000,5000000,20000000"], ["--sizes", "20000"]),
     "score_speed": ([], ["--users", "2000", "--items", "1000", "--block-sizes", "256"]),
-    "eval_speed": ([], ["--users", "300", "--items", "500", "--repeats", "1"]),
+    "eval_speed": ([], ["--users", "300", "--items", "1500", "--repeats", "1"]),
     "train_speed": ([], ["--models", "target_only", "--epochs", "2"]),
     "e2e": ([], ["--events", "5000", "--model", "popularity"]),
+    "als": ([], ["--datasets", "amazon_cloth_sport", "--score-users", "500", "--score-items", "300"]),
+    "reliability": ([], ["--seeds", "1", "--stages", "score"]),
 }
 
 
@@ -37,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; known: {', '.join(BENCHMARKS)}")
     for name in names:
-        if name == "train_speed" and not SHARED_AMAZON.is_dir():
-            print(f"skipping train_speed: {SHARED_AMAZON} is absent", flush=True)
+        if name in ("train_speed", "als") and not SHARED_AMAZON.is_dir():
+            print(f"skipping {name}: {SHARED_AMAZON} is absent", flush=True)
             continue
         full, smoke = BENCHMARKS[name]
         command = [sys.executable, "-m", f"bench.{name}", *(smoke if args.smoke else full), "--write-docs"]

@@ -17,32 +17,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from bench.common import machine, write_section
-from crossrec_core.config import load_settings
+from bench.common import machine, two_tower, write_section
 from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
 from crossrec_core.evaluation import evaluate_model
-from crossrec_core.models.base import Recommender
 
 
 SECTION = "## Evaluation speed"
 GOAL_SECONDS = 10
-
-
-class RandomTwoTower(Recommender):
-    name = ""  # a benchmark double, not registered
-
-    def __init__(self, features: FeatureSet, dim: int, seed: int):
-        super().__init__(features, load_settings().model)
-        generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("users", torch.randn(features.n_users, dim, generator=generator))
-        self.register_buffer("items", torch.randn(features.n_items(features.target), dim, generator=generator))
-
-    def user_vectors(self, domain, user_keys):
-        return self.users[user_keys]
-
-    def item_vectors(self, domain):
-        return self.items
 
 
 def synthetic_features(n_users: int, n_items: int, per_user: int, held_out: int, seed: int) -> FeatureSet:
@@ -77,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     features = synthetic_features(args.users, args.items, args.train_per_user, args.held_out_per_user, seed=0)
-    model = RandomTwoTower(features, args.dim, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    model = two_tower(features, torch.randn(features.n_users, args.dim, generator=generator),
+                      torch.randn(features.n_items(features.target), args.dim, generator=generator))
     print(f"torch threads: {torch.get_num_threads()}; {args.users:,} users x {args.items:,} items, d={args.dim}, block {args.block_size}")
     lines = [
         SECTION, "",
