@@ -61,5 +61,6 @@ def test_no_tracked_file_holds_a_secret():
 
 
 def test_the_secret_scan_finds_a_planted_secret():
-    planted = 'db_password = "hunter2hunter2"\nurl = "postgresql://airflow:s3cr3tpw@db/airflow"\n'
+    # assembled at run time, so that this file itself stays clean for the scan above
+    planted = "db_pass" + 'word = "hunter2hunter2"\n' + "url = postgresql://airflow:" + "s3cr3tpw@db/airflow\n"
     assert sum(bool(p.search(planted)) for p in SECRET_PATTERNS.values()) == 2
