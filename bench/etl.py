@@ -35,12 +35,14 @@ import pyarrow.parquet as pq
 import typer
 
 from bench.common import REPO, write_section
+from bench.duckdb_clean import clean_partition
 
 SECTION = "## ETL (clean + featurize)"
 DS = "2026-03-10"
 SOURCE, TARGET = "movies", "books"
 GOAL_EVENTS_PER_S = 150_000
 GOAL_SCALING = 5.5
+GOAL_DUCKDB_RATIO = 3
 WARM_UP_EVENTS = 20_000
 
 app = typer.Typer(add_completion=False)
@@ -130,6 +132,10 @@ def run_night(root: Path, events: int) -> dict:
         report = stage()
         seconds[name] = time.perf_counter() - started
         seconds[f"{name}_rows_out"] = report.rows_out
+    for role, domain in (("source", SOURCE), ("target", TARGET)):  # the single-node reference, same input
+        reference = clean_partition(root / "raw" / f"domain={domain}" / f"ds={DS}", root / "duckdb" / domain, settings, DS)
+        seconds[f"duckdb_clean_{role}"] = reference["seconds"]
+        seconds[f"duckdb_clean_{role}_rows_out"] = reference["rows_clean"]
     return seconds
 
 
@@ -146,6 +152,10 @@ def measure(events: int) -> dict:
     return {"events": events, **result, "peak_rss_mib": memory.peak / 2**20}
 
 
+def clean_ratio(result: dict) -> float:
+    return (result["clean_source"] + result["clean_target"]) / (result["duckdb_clean_source"] + result["duckdb_clean_target"])
+
+
 def table(results: list[dict], command: str) -> str:
     memory_gib = psutil.virtual_memory().total / 2**30
     lines = [
@@ -160,15 +170,21 @@ def table(results: list[dict], command: str) -> str:
         "events/s = raw events / seconds; end to end = clean source + clean target + featurize (JVM start and a "
         f"{WARM_UP_EVENTS:,}-event warm-up night excluded). Peak RSS = Python + driver JVM.",
         "",
-        "| raw events | clean source (s) | clean target (s) | featurize (s) | end to end (s) | events/s end to end | feature rows | peak RSS (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| raw events | clean source (s) | clean target (s) | featurize (s) | end to end (s) | events/s end to end | feature rows | peak RSS (MiB) | DuckDB clean, both domains (s) | Spark clean / DuckDB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         total = r["clean_source"] + r["clean_target"] + r["featurize"]
         lines.append(
             f"| {r['events']:,} | {r['clean_source']:.1f} | {r['clean_target']:.1f} | {r['featurize']:.1f} | {total:.1f} "
-            f"| {r['events'] / total:,.0f} | {r['featurize_rows_out']:,} | {r['peak_rss_mib']:,.0f} |"
+            f"| {r['events'] / total:,.0f} | {r['featurize_rows_out']:,} | {r['peak_rss_mib']:,.0f} "
+            f"| {r['duckdb_clean_source'] + r['duckdb_clean_target']:.1f} | {clean_ratio(r):.1f}x |"
         )
+    worst = max(clean_ratio(r) for r in results)
+    lines += ["", "DuckDB reference: bench/duckdb_clean.py, the same rules in one SQL pass (2 threads) on the same raw files; "
+              "clean rows: " + "; ".join(f"{r['events']:,} events: Spark {r['clean_source_rows_out'] + r['clean_target_rows_out']:,}, "
+                                         f"DuckDB {r['duckdb_clean_source_rows_out'] + r['duckdb_clean_target_rows_out']:,}" for r in results) + ".",
+              f"Goal Spark clean within {GOAL_DUCKDB_RATIO}x of DuckDB: {'met' if worst <= GOAL_DUCKDB_RATIO else 'MISSED'} (worst {worst:.1f}x)."]
     totals = {r["events"]: r["clean_source"] + r["clean_target"] + r["featurize"] for r in results}
     largest, smallest = max(totals), min(totals)
     rate = largest / totals[largest]
