@@ -30,8 +30,12 @@ from crossrec_core.model_store import MODEL_FILE, model_dir, model_version
 DS = "2026-03-10"
 STAGES = ("clean", "featurize", "train", "score")
 SECTION = "## Crash trials (kill -9, then rerun)"
-JOB_ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "CROSSREC_MODEL__NAME": "dann", "CROSSREC_MODEL__EPOCHS": "6",
-           "CROSSREC_MODEL__PATIENCE": "6", "CROSSREC_MODEL__DIM": "16", "CROSSREC_SPARK__SHUFFLE_PARTITIONS": "2"}
+# Enough epochs (no early stop) that a kill after the first checkpoint lands mid-training:
+# an epoch of this tiny night takes about 15 ms.
+MODEL = {"name": "dann", "epochs": 40, "patience": 40, "dim": 16}
+JOB_ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "CROSSREC_SPARK__SHUFFLE_PARTITIONS": "2",
+           **{f"CROSSREC_MODEL__{key.upper()}": str(value) for key, value in MODEL.items()}}
+TRAIN_KILL_WINDOW_S = 0.3  # after the first checkpoint appears
 
 
 def partition_digest(lake: Lake, stage: str, settings) -> str | None:
@@ -70,66 +74,87 @@ class Reader:
                 self.vanished += 1
 
 
-def job(stage: str, lake_root: Path, settings) -> list[str]:
+def job(stage: str, lake_root: Path, settings, domain: str | None = None) -> list[str]:
+    """The job's command line; ``clean`` runs for ``domain`` (default: the target)."""
     args = [sys.executable, str(REPO / "jobs" / f"{stage}.py"), "--ds", DS, "--lake", str(lake_root)]
-    return args + (["--domain", settings.target] if stage == "clean" else [])
+    return args + (["--domain", domain or settings.target] if stage == "clean" else [])
 
 
-def run_killed(stage: str, lake_root: Path, settings, seed: int, env: dict) -> float:
-    """Start the job, kill -9 its whole process group at a random point; return when."""
+@dataclass(frozen=True)
+class Night:
+    """One uninterrupted night: what each stage serves (digests) and how long its job took."""
+
+    settings: object
+    lake: Lake
+    baseline: dict
+    seconds: dict
+    env: dict
+
+
+@dataclass(frozen=True)
+class Kill:
+    after_s: float
+    landed: bool  # the process was still running: a crash trial, not a late no-op
+
+
+def run_killed(stage: str, night: Night, seed: int) -> Kill:
+    """Start the job, kill -9 its whole process group at a random point of its run;
+    return when, and whether the process was still running then."""
     rng = random.Random(seed)
-    process = subprocess.Popen(job(stage, lake_root, settings), env=env, start_new_session=True,
+    process = subprocess.Popen(job(stage, night.lake.root, night.settings), env=night.env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.perf_counter()
     if stage == "train":  # kill after a checkpoint exists, at a random point of a later epoch
-        checkpoints = lake_root / "models" / "_checkpoints"
+        checkpoints = night.lake.root / "models" / "_checkpoints"
         while process.poll() is None and not any(checkpoints.rglob("*.pt")):
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.5))
-    else:
-        time.sleep(rng.uniform(0.5, {"clean": 12.0, "featurize": 12.0, "score": 2.5}[stage]))
-    if process.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, TRAIN_KILL_WINDOW_S))
+    else:  # anywhere from JVM start to the final swap of an uninterrupted run
+        time.sleep(rng.uniform(0.1, 0.9) * night.seconds[stage])
+    landed = process.poll() is None
+    if landed:
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    return time.perf_counter() - started
+    return Kill(round(time.perf_counter() - started, 2), landed)
 
 
-def prepare_night(root: Path) -> tuple:
-    """One uninterrupted night; returns (settings, lake, digests per stage, job environment)."""
-    from crossrec_core.etl.clean import clean
-    from crossrec_core.etl.featurize import featurize
+def prepare_night(root: Path) -> Night:
+    """One uninterrupted night, every stage as its own job (as the kills will run them)."""
     from crossrec_core.ingest.demo_data import generate_demo_data
 
-    settings = load_settings(lake=root, model={"name": "dann", "epochs": 6, "patience": 6, "dim": 16}, spark={"shuffle_partitions": 2})
+    settings = load_settings(lake=root, model=MODEL, spark={"shuffle_partitions": 2})
     lake = Lake(root)
     generate_demo_data(lake, settings, users=300, days=1, seed=5, bad_fraction=0.02, end_date=DS)
-    for domain in settings.domains.all:
-        clean(settings, DS, domain)
-    featurize(settings, DS)
     env = {**os.environ, **JOB_ENV}
-    for stage in ("train", "evaluate", "score", "publish"):  # in their own processes, as the kills (same torch threads)
-        subprocess.run(job(stage, root, settings), env=env, check=True, capture_output=True)
+    seconds = {}
+    for stage in ("clean", "featurize", "train", "evaluate", "score", "publish"):
+        started = time.perf_counter()
+        domains = settings.domains.all if stage == "clean" else (None,)
+        for domain in domains:
+            subprocess.run(job(stage, root, settings, domain), env=env, check=True, capture_output=True)
+        seconds[stage] = (time.perf_counter() - started) / len(domains)
     baseline = {stage: partition_digest(lake, stage, settings) for stage in STAGES}
-    return settings, lake, baseline, env
+    return Night(settings, lake, baseline, seconds, env)
 
 
-def trial(stage: str, seed: int, settings, lake: Lake, baseline: dict, env: dict) -> dict:
+def trial(stage: str, seed: int, night: Night) -> dict:
     """One kill and rerun; what the reader saw and whether the rerun matched."""
-    reader = Reader(lake, stage, settings)
+    reader = Reader(night.lake, stage, night.settings)
     polling = threading.Thread(target=reader.run)
     polling.start()
     try:
-        killed_after = run_killed(stage, lake.root, settings, seed, env)
+        kill = run_killed(stage, night, seed)
     finally:
         reader.stop.set()
         polling.join()
-    rerun = subprocess.run(job(stage, lake.root, settings), env=env, capture_output=True, text=True)
+    rerun = subprocess.run(job(stage, night.lake.root, night.settings), env=night.env, capture_output=True, text=True)
     if stage == "train":  # a new model voids the gate decision kept beside the old one: gate it again
-        subprocess.run(job("evaluate", lake.root, settings), env=env, check=True, capture_output=True)
+        subprocess.run(job("evaluate", night.lake.root, night.settings), env=night.env, check=True, capture_output=True)
     return {
-        "stage": stage, "seed": seed, "killed_after_s": round(killed_after, 2),
-        "reader_saw_only_complete": reader.seen == {baseline[stage]}, "reader_retries": reader.vanished,
-        "rerun_ok": rerun.returncode == 0, "rerun_equal": partition_digest(lake, stage, settings) == baseline[stage],
+        "stage": stage, "seed": seed, "killed_after_s": kill.after_s, "kill_landed": kill.landed,
+        "reader_saw_only_complete": reader.seen == {night.baseline[stage]}, "reader_retries": reader.vanished,
+        "rerun_ok": rerun.returncode == 0,
+        "rerun_equal": partition_digest(night.lake, stage, night.settings) == night.baseline[stage],
     }
 
 
@@ -141,17 +166,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="crossrec-crash-") as workdir:
-        settings, lake, baseline, env = prepare_night(Path(workdir) / "lake")
+        night = prepare_night(Path(workdir) / "lake")
         for stage in args.stages.split(","):
             for seed in range(args.seeds):
-                results.append(trial(stage, seed, settings, lake, baseline, env))
+                results.append(trial(stage, seed, night))
                 print(json.dumps(results[-1]), flush=True)
     lines = [SECTION, "", f"`python -m bench.reliability --seeds {args.seeds}`; {machine()}.", "",
-             "| stage | trials | reader saw only complete partitions | rerun succeeded | rerun equal to uninterrupted run | reader retries (files swapped away mid-read) |",
-             "|---|---|---|---|---|---|"]
+             "| stage | trials | killed mid-run | reader saw only complete partitions | rerun succeeded | rerun equal to uninterrupted run | reader retries (files swapped away mid-read) |",
+             "|---|---|---|---|---|---|---|"]
     for stage in args.stages.split(","):
         rows = [r for r in results if r["stage"] == stage]
-        lines.append(f"| {stage} | {len(rows)} | {sum(r['reader_saw_only_complete'] for r in rows)} | "
+        lines.append(f"| {stage} | {len(rows)} | {sum(r['kill_landed'] for r in rows)} | {sum(r['reader_saw_only_complete'] for r in rows)} | "
                      f"{sum(r['rerun_ok'] for r in rows)} | {sum(r['rerun_equal'] for r in rows)} | {sum(r['reader_retries'] for r in rows)} |")
     text = "\n".join(lines) + "\n"
     print(text)
