@@ -6,7 +6,9 @@ not the user's training positives (:class:`NegativeSampler`, exact, no rejection
 
 A batch is a flat dict of tensors keyed ``"<field>:<domain>"`` (:func:`batch_key`):
 ``users``, ``positives``, ``negatives`` ([rows, n_negatives]) and ``weights`` per
-trained domain. One epoch visits every training interaction of every trained domain
+trained domain; for the domains a model asks for, also ``shared_negatives`` ([n]
+distinct items for all rows) and ``shared_excluded`` ([rows, n], True where a shared
+negative is a positive of the row's user, left out of that row's loss). One epoch visits every training interaction of every trained domain
 once; each step takes a slice of every domain's permutation, sized so that all
 domains finish together.
 """
@@ -22,9 +24,6 @@ import scipy.sparse as sp
 import torch
 
 from crossrec_core.data import FeatureSet
-
-BATCH_FIELDS = ("users", "positives", "negatives", "weights")
-
 
 def batch_key(field: str, domain: str) -> str:
     return f"{field}:{domain}"
@@ -54,6 +53,7 @@ class NegativeSampler:
         rank_in_row = np.arange(rows.size) - starts[rows]
         self.negatives_before = torch.from_numpy(rows * self.n_items + columns - rank_in_row).to(device)
         self.row_starts = torch.from_numpy(starts).to(device)
+        self.items = torch.from_numpy(columns).to(device)  # every row's positives, ascending
         self.n_negatives = torch.from_numpy(self.n_items - np.diff(matrix.indptr).astype(np.int64)).to(device)
         self.full_users = np.flatnonzero(np.diff(matrix.indptr) >= self.n_items)
 
@@ -68,6 +68,28 @@ class NegativeSampler:
         codes = users[:, None] * self.n_items + ranks
         positives_before = torch.searchsorted(self.negatives_before, codes, right=True) - self.row_starts[users][:, None]
         return ranks + positives_before
+
+    def shared(self, users: torch.Tensor, n_negatives: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(negatives [n] distinct item keys drawn uniformly, excluded [len(users), n]: the
+        negative is a training positive of the row's user), n = min(n_negatives, n_items).
+
+        The mask costs one pass over the users' positives, each looked up in an item ->
+        drawn-column table: exact and O(positives), not O(rows x n)."""
+        device = users.device
+        n = min(n_negatives, self.n_items)
+        negatives = torch.randperm(self.n_items, generator=generator, device=device)[:n]
+        drawn_column = torch.full((self.n_items,), -1, dtype=torch.long, device=device)
+        drawn_column[negatives] = torch.arange(n, device=device)
+        starts = self.row_starts[users]
+        lengths = self.n_items - self.n_negatives[users]
+        rows = torch.repeat_interleave(torch.arange(len(users), device=device), lengths)
+        first_of_row = torch.cumsum(lengths, 0) - lengths
+        positives = self.items[starts[rows] + torch.arange(rows.numel(), device=device) - first_of_row[rows]]
+        columns = drawn_column[positives]
+        hit = columns >= 0
+        excluded = torch.zeros((len(users), n), dtype=torch.bool, device=device)
+        excluded[rows[hit], columns[hit]] = True
+        return negatives, excluded
 
 
 @dataclass
@@ -94,10 +116,12 @@ class InteractionBatches:
         batch_size: int,
         n_negatives: int,
         device: torch.device | str = "cpu",
+        shared_negatives: dict[str, int] | None = None,
     ):
         self.domains = domains
         self.batch_size = batch_size
         self.n_negatives = n_negatives
+        self.shared_negatives = shared_negatives or {}
         self.examples: dict[str, DomainExamples] = {}
         for domain in domains:
             matrix = features.train[domain]
@@ -138,6 +162,10 @@ class InteractionBatches:
                 batch[batch_key("positives", domain)] = e.items[rows]
                 batch[batch_key("negatives", domain)] = e.sampler.sample(users, self.n_negatives, generator)
                 batch[batch_key("weights", domain)] = e.weights[rows]
+                if domain in self.shared_negatives:
+                    shared, excluded = e.sampler.shared(users, self.shared_negatives[domain], generator)
+                    batch[batch_key("shared_negatives", domain)] = shared
+                    batch[batch_key("shared_excluded", domain)] = excluded
             yield batch
 
 

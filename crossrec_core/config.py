@@ -86,6 +86,7 @@ class ModelSettings(_Section):
     source_weight: float = Field(ge=0, description="lambda in L = L_target + lambda * L_source")
     history_length: int = Field(ge=1)
     negatives: int = Field(default=16, ge=1, description="sampled negatives per training interaction (sampled softmax)")
+    cross_negatives: int = Field(ge=1, description="negatives shared by a batch in dann/mmd's cross-domain term (source history -> target items)")
     knn_popularity_exponent: float = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     warm_start: bool = Field(description="start from the last published model's weights (False: retrain from scratch)")

@@ -25,7 +25,7 @@ def model_settings(**overrides):
 
 
 def one_batch(model, features, seed=0):
-    batches = InteractionBatches(features, model.train_domains, 64, 3)
+    batches = InteractionBatches(features, model.train_domains, 64, 3, shared_negatives=model.shared_negatives())
     return next(batches.epoch(torch.Generator().manual_seed(seed)))
 
 
@@ -77,6 +77,17 @@ def test_negatives_are_never_positives_and_cover_every_negative_uniformly():
     share = drawn / drawn.sum(1, keepdims=True)
     expected = (~dense) / (~dense).sum(1, keepdims=True)
     assert np.abs(share - expected).max() < 0.12
+
+
+@pytest.mark.parametrize("n_negatives", [4, 12, 50])
+def test_shared_negatives_are_distinct_and_mask_exactly_each_rows_own_positives(n_negatives):
+    rng = np.random.default_rng(2)
+    dense = rng.random((40, 12)) < 0.5
+    sampler = NegativeSampler(sp.csr_matrix(dense.astype(np.float32)))
+    users = torch.from_numpy(rng.integers(0, 40, size=300))
+    negatives, excluded = sampler.shared(users, n_negatives, torch.Generator().manual_seed(0))
+    assert len(negatives) == min(n_negatives, 12) and negatives.unique().numel() == len(negatives)
+    assert torch.equal(excluded, torch.from_numpy(dense[users.numpy()[:, None], negatives.numpy()]))
 
 
 def test_a_user_with_every_item_has_no_examples_and_cannot_be_sampled():

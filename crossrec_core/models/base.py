@@ -73,6 +73,11 @@ class Recommender(nn.Module, ABC):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Schedules that depend on training progress (DANN's reversal weight)."""
 
+    def shared_negatives(self) -> dict[str, int]:
+        """Domains whose batches also carry negatives shared by all rows, and how many
+        (``shared_ranking_loss``); most models need none."""
+        return {}
+
 
 def dot_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
     """Scores [users, items] = user_vectors @ item_vectors.T, dense or sparse operands."""

@@ -16,7 +16,11 @@ Training, per step (L = sum of, each a sampled softmax, mf.ranking_loss):
 * cross-domain, on overlapping users: the vector built from a user's SOURCE history
   ranks their TARGET items. This is what makes transfer work: alignment alone only
   makes the two vector distributions alike, this ties a user's source-built vector to
-  what they do in the target domain;
+  what they do in the target domain. It ranks against ``cross_negatives`` (1,024)
+  negatives shared by the batch (mf.shared_ranking_loss) instead of 16 per row:
+  measured on amazon cloth -> sport cold-start users (dann, 12 epochs, seed 42), test
+  NDCG@10 0.132 vs 0.103 (the full softmax over all 12,655 items: 0.134). The same for
+  the in-domain terms did not help (0.128) and was unstable with 256;
 * alignment between source-built and target-built vectors: DANN (Ganin & Lempitsky
   2015) trains a domain classifier behind a gradient-reversal layer whose weight rises
   as 2 / (1 + exp(-10 p)) - 1 with training progress p = epoch / epochs; MMD penalises the
@@ -43,7 +47,7 @@ from crossrec_core.batches import batch_key, padded_histories
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet
 from crossrec_core.models.base import Recommender
-from crossrec_core.models.mf import candidates, domain_weight, embedding_table, ranking_loss
+from crossrec_core.models.mf import candidates, domain_weight, embedding_table, ranking_loss, shared_ranking_loss
 
 TEMPERATURE = 0.1
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the mean squared distance
@@ -83,6 +87,9 @@ class AlignedHistoryModel(Recommender):
         self.items = nn.ModuleDict({d: embedding_table(features.n_items(d), settings.dim) for d in features.domains})
         self.encoder = HistoryEncoder(settings.dim)
         self.set_histories(features)
+
+    def shared_negatives(self) -> dict[str, int]:
+        return {self.target: self.settings.cross_negatives}
 
     def set_histories(self, features: FeatureSet) -> None:
         for domain in features.domains:
@@ -159,9 +166,7 @@ class AlignedHistoryModel(Recommender):
         users = batch[batch_key("users", self.target)]
         overlap = torch.nonzero(self.has_history(self.source, users)).squeeze(1)
         source_built = self.encode(self.source, users[overlap], unit_items=unit_tables[self.source])
-        loss = loss + ranking_loss(
-            source_built / TEMPERATURE, scored[self.target][overlap], batch[batch_key("weights", self.target)][overlap]
-        )
+        loss = loss + shared_ranking_loss(source_built / TEMPERATURE, unit_tables[self.target], batch, self.target, overlap)
         return loss + self.alignment_weight * self.alignment_loss(built[self.source], built[self.target])
 
     @abstractmethod
