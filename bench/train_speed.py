@@ -4,7 +4,8 @@
 
 Each model trains in its own process (so that its peak memory is its own) with the real
 trainer (``fit_model``) for ``--epochs`` epochs on amazon, source sport -> target
-cloth, with the embedded default model settings (d=64) on ``--threads`` torch threads.
+cloth, with the embedded default model settings but ``--dim`` (64, the dimension the
+throughput goals are set at) on ``--threads`` torch threads.
 Throughput = training interactions (both trained domains) / training seconds, over the
 epochs after the first (warm-up); validation is not counted. ``--write-docs`` replaces
 the "## Training throughput" section of docs/BENCHMARKS.md with the table.
@@ -37,7 +38,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure(model: str, data: Path, epochs: int, threads: int, overrides: dict) -> dict:
+def measure(model: str, data: Path, epochs: int, threads: int, dim: int, overrides: dict) -> dict:
     """Train one model in this process; return its throughput and memory."""
     import torch
 
@@ -49,7 +50,7 @@ def measure(model: str, data: Path, epochs: int, threads: int, overrides: dict) 
     features = load_pairs(data, source="sport", target="cloth").valid
     features.holdout = {}  # throughput only: no validation pass
     baseline = peak_rss_mib()
-    settings = load_settings(model={"epochs": epochs, "device": "cpu", **overrides}).model
+    settings = load_settings(model={"epochs": epochs, "device": "cpu", "dim": dim, **overrides}).model
     _, history = fit_model(model, features, settings, progress=False)
     timed = history.epochs[1:] or history.epochs
     seconds = sum(e["train_seconds"] for e in timed)
@@ -98,19 +99,20 @@ def main(
     models: Annotated[str, typer.Option(help="comma-separated learned models")] = ",".join(MODELS),
     epochs: Annotated[int, typer.Option(help="epochs per model; the first is warm-up")] = 3,
     threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    dim: Annotated[int, typer.Option(help="embedding dimension")] = 64,
     settings: Annotated[str, typer.Option(help="JSON model-settings overrides, e.g. '{\"negatives\": 4}'")] = "{}",
     write_docs: Annotated[bool, typer.Option(help="write the table into docs/BENCHMARKS.md")] = False,
     child: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     if child:
-        print(json.dumps(measure(child, data, epochs, threads, json.loads(settings))))
+        print(json.dumps(measure(child, data, epochs, threads, dim, json.loads(settings))))
         return
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
     for model in models.split(","):
         run = subprocess.run(
             [sys.executable, "-m", "bench.train_speed", "--child", model, "--data", str(data), "--epochs", str(epochs),
-             "--threads", str(threads), "--settings", settings],
+             "--threads", str(threads), "--dim", str(dim), "--settings", settings],
             capture_output=True, text=True, check=False, cwd=REPO,
         )
         if run.returncode != 0:
