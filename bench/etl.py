@@ -5,11 +5,12 @@
 Each size runs in its own process (so that its peak memory is its own): a vectorised
 generator lands one night of raw logs (source domain: 70 % of the events, two Parquet
 files; target: 30 %, two CSV files; 0.2 % bad rows, 0.5 % duplicate rows), a 20k-event
-warm-up night runs first (JVM start and JIT excluded), then clean(source), clean(target)
-and featurize run with the embedded default settings (Spark local[2], driver memory 2g,
-4 shuffle partitions). Peak memory = max over samples every 0.2 s of the RSS of this
-Python process plus its children (the driver JVM). ``--write-docs`` replaces the
-"## ETL (clean + featurize)" section of docs/BENCHMARKS.md.
+warm-up night runs first (JVM start excluded; the JIT compiler is still busy during the
+measured night, at 1M events with about as much CPU as the tasks), then clean(source),
+clean(target) and featurize run with the embedded default settings (Spark local[2],
+driver memory 2g, 4 shuffle partitions). Peak memory = max over samples every 0.2 s of
+the RSS of this Python process plus its children (the driver JVM). ``--write-docs``
+replaces the "## ETL (clean + featurize)" section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from airflow.sdk import Asset, BaseSensorOperator, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
 from crossrec_core.config import DOMAIN_NAME_PATTERN, MODEL_NAMES, Settings
+from crossrec_core.spark import DRIVER_JAVA_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,12 @@ def spark_stage(settings: Settings, stage: str, domain: str | None = None, **kwa
         application_args=stage_arguments(settings, stage, "{{ ds }}", PARAM_TEMPLATES, domain=domain),
         conn_id=settings.orchestration.spark_conn_id,
         name=f"crossrec_{stage}",
-        conf={"spark.ui.enabled": "false", "spark.driver.memory": settings.spark.driver_memory, **settings.spark.conf},
+        conf={
+            "spark.ui.enabled": "false",
+            "spark.driver.memory": settings.spark.driver_memory,
+            "spark.driver.extraJavaOptions": DRIVER_JAVA_OPTIONS,
+            **settings.spark.conf,
+        },
         env_vars={"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"},
         **kwargs,
     )

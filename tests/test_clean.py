@@ -163,6 +163,16 @@ def test_rerun_replaces_partitions_with_identical_rows(mixed):
         assert after.sort_by(keys).equals(before[table.name].sort_by(keys))
 
 
+def test_rows_are_numbered_as_the_reader_yields_them(settings, lake, spark):
+    """Rows are counted and numbered in a pass that reads no values; a JSON line holding an
+    array yields one row per element there as well, so later rows keep their numbers."""
+    ten = [{"user_id": f"u{i}", "item_id": f"i{i}", "ts": EPOCH} for i in range(10)]
+    land(lake, "day.jsonl", f"{json.dumps(ten)}\n{json.dumps({'user_id': 'u10', 'item_id': '', 'ts': EPOCH})}\n")
+    report = clean(settings, DS, "books")
+    assert (report.rows_in, report.rows_out, report.rows_quarantined) == (11, 10, 1)
+    assert [(r["reason"], r["source_row"]) for r in read(lake, QUARANTINE)] == [("missing_item_id", 11)]
+
+
 def test_too_many_bad_rows_fail_naming_file_and_reason(settings, lake, spark):
     land(lake, "good.csv", "user_id,item_id,ts\n" + "".join(f"u{i},i{i},{EPOCH}\n" for i in range(10)))
     land(lake, "bad.csv", f"user_id,item_id,ts\n,i1,{EPOCH}\n,i2,{EPOCH}\n,i3,{EPOCH}\nu9,i9,{EPOCH}\n")

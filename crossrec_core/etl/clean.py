@@ -34,19 +34,21 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import reduce
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from crossrec_core.config import Settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, QUARANTINE, RAW, QuarantineReason
 from crossrec_core.etl.frames import write_parquet
-from crossrec_core.etl.raw_files import list_raw_files, local_name, raise_if_unreadable, read_raw
+from crossrec_core.etl.raw_files import list_raw_files, local_name, naming_unreadable_files, read_raw
 from crossrec_core.lake import Lake, dir_size
 from crossrec_core.reports import StageReport, stage_run
 from crossrec_core.spark import spark_session
@@ -67,6 +69,18 @@ MAX_FILES_IN_MESSAGE = 3
 
 class QuarantineThresholdError(ValueError):
     """Too large a share of a partition's rows was quarantined."""
+
+
+def _trimmed(column: Column) -> Column:
+    """``column`` without surrounding WHITESPACE.
+
+    btrim searches the whole set for the first and the last character of every value;
+    few values have whitespace to trim, and a hash lookup of their two end characters
+    finds those."""
+    from pyspark.sql import functions as F
+
+    ends = F.substring(column, 1, 1).isin(*WHITESPACE) | F.substring(column, -1, 1).isin(*WHITESPACE)
+    return F.when(ends, F.btrim(column, F.lit(WHITESPACE))).otherwise(column)
 
 
 def _is_blank(column: Column) -> Column:
@@ -104,7 +118,7 @@ def validate(raw: DataFrame, settings: Settings, ds: str) -> DataFrame:
 
     # Step by step, so that every intermediate value is computed once per row.
     trimmed = raw.select(
-        "*", *[F.btrim(F.col(c), F.lit(WHITESPACE)).alias(f"trimmed_{c}") for c in ("user_id", "item_id", "event_id", "ts", "event_type", "value")]
+        "*", *[_trimmed(F.col(c)).alias(f"trimmed_{c}") for c in ("user_id", "item_id", "event_id", "ts", "event_type", "value")]
     )
     parsed = trimmed.select(
         "*",
@@ -122,8 +136,9 @@ def validate(raw: DataFrame, settings: Settings, ds: str) -> DataFrame:
         (F.try_element_at(weights, F.col("clean_event_type")) * F.col("clean_value")).alias("clean_weight"),
     )
     ids = [F.col("clean_user_id"), F.col("clean_item_id"), F.col("given_event_id")]
-    # JSON arrays/objects where an id belongs arrive as their JSON text: a wrong type, not an id
-    structured_id = F.col("file_path").rlike(JSON_FILE) & _any(c.rlike(r"^[\[{]") for c in ids)
+    # JSON arrays/objects where an id belongs arrive as their JSON text: a wrong type, not an id.
+    # The cheap, rarely true test first: the file name's regex then runs for few rows.
+    structured_id = _any(c.startswith("[") | c.startswith("{") for c in ids) & F.col("file_path").rlike(JSON_FILE)
     ts, weight = F.col("clean_ts"), F.col("clean_weight")
     rules: list[tuple[QuarantineReason, Column]] = [
         (QuarantineReason.MALFORMED_RECORD, F.col("raw_record").isNotNull() | structured_id | _any(c.rlike(CONTROL_CHARACTER) for c in ids)),
@@ -148,58 +163,45 @@ def validate(raw: DataFrame, settings: Settings, ds: str) -> DataFrame:
 
 @dataclass
 class _Counts:
-    """What one aggregation over the validated rows tells: totals, reasons, row numbering."""
+    """Where the rows went: how many were read, and the quarantined ones by reason and by file."""
 
     rows_in: int
     reasons: Counter[str]
     bad_rows_per_file: Counter[str]
-    # (file_path, block_start, first row_id in the block, rows of the file before the block, plain file name)
-    blocks: list[tuple[str, int, int, int, str]]
 
     @property
     def rows_quarantined(self) -> int:
         return sum(self.reasons.values())
 
 
-def _count(rows: DataFrame) -> _Counts:
+# (file_path, block_start, first row_id in the split, rows of the file before the split, plain file name)
+_FileSplit = tuple[str, int, int, int, str]
+
+
+def _file_splits(raw: DataFrame) -> tuple[int, list[_FileSplit]]:
+    """The number of raw rows, and where each file split starts in its file.
+
+    Spark reads each split of a file in order and numbers rows consecutively within a
+    split (monotonically_increasing_id), so a row's number in its file is its offset in
+    the split plus the rows of the file's earlier splits. No rule is evaluated: the
+    readers yield the same rows whichever columns are read (PERMISSIVE mode keeps every
+    record), so this pass reads little more than the files' row structure."""
     from pyspark.sql import functions as F
 
-    try:
-        groups = (
-            rows.groupBy("file_path", "block_start", "reason")
-            .agg(F.count(F.lit(1)).alias("rows"), F.min("row_id").alias("first_row_id"))
-            .collect()
-        )
-    except Exception as err:  # a corrupt file surfaces here, at the first read
-        raise_if_unreadable(err)
-        raise
-    reasons: Counter[str] = Counter()
-    bad_rows_per_file: Counter[str] = Counter()
-    block_rows: Counter[tuple[str, int]] = Counter()
-    first_row_id: dict[tuple[str, int], int] = {}
-    for group in groups:  # one entry per (file split, reason): small
-        block = (group.file_path, group.block_start)
-        block_rows[block] += group.rows
-        first_row_id[block] = min(first_row_id.get(block, group.first_row_id), group.first_row_id)
-        if group.reason is not None:
-            reasons[group.reason] += group.rows
-            bad_rows_per_file[local_name(group.file_path)] += group.rows
-    # Spark reads each split of a file in order and numbers rows consecutively within a
-    # split (monotonically_increasing_id), so a row's number in its file is its offset
-    # in the split plus the rows of the file's earlier splits.
-    blocks, rows_before = [], defaultdict(int)
-    for file_path, block_start in sorted(block_rows):
-        blocks.append((file_path, block_start, first_row_id[file_path, block_start], rows_before[file_path], local_name(file_path)))
-        rows_before[file_path] += block_rows[file_path, block_start]
-    return _Counts(sum(block_rows.values()), reasons, bad_rows_per_file, blocks)
+    splits = raw.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("rows"), F.min("row_id").alias("first_row_id"))
+    numbered, rows_before = [], Counter()
+    for split in sorted(splits.collect(), key=lambda s: (s.file_path, s.block_start)):  # one entry per split: small
+        numbered.append((split.file_path, split.block_start, split.first_row_id, rows_before[split.file_path], local_name(split.file_path)))
+        rows_before[split.file_path] += split.rows
+    return rows_before.total(), numbered
 
 
-def _quarantined(rows: DataFrame, counts: _Counts) -> DataFrame:
+def _quarantined(rows: DataFrame, splits: list[_FileSplit]) -> DataFrame:
     from pyspark.sql import functions as F
 
     spark = rows.sparkSession
     blocks = spark.createDataFrame(
-        counts.blocks,
+        splits,
         "file_path string, block_start long, first_row_id long, rows_before long, source_file string",
     )
     return (
@@ -209,14 +211,31 @@ def _quarantined(rows: DataFrame, counts: _Counts) -> DataFrame:
     )
 
 
+def _written_counts(rows_in: int, quarantine: Path) -> _Counts:
+    """The quarantine counts, read back from the written file (Arrow, no extra Spark pass)."""
+    written = pads.dataset(quarantine, format="parquet").to_table(columns=["reason", "source_file"])
+
+    def tally(column: str) -> Counter[str]:
+        return Counter({entry["values"]: entry["counts"] for entry in pc.value_counts(written[column]).to_pylist()})
+
+    return _Counts(rows_in, tally("reason"), tally("source_file"))
+
+
 def _deduplicated(rows: DataFrame) -> DataFrame:
-    """One row per event id: the smallest (ts, user, item, event type, weight), whatever the file order."""
+    """One row per event id: the smallest (ts, user, item, event type, weight), whatever the file order.
+
+    The rows are shuffled by event id and each partition is sorted once, by event id and
+    then that order, which is all the window needs; left to plan the window alone, Spark
+    also sorts every row before the shuffle, to drop copies early that are rare here."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    first = Window.partitionBy("clean_event_id").orderBy("clean_ts", "clean_user_id", "clean_item_id", "clean_event_type", "clean_weight")
+    order = ["clean_ts", "clean_user_id", "clean_item_id", "clean_event_type", "clean_weight"]
+    first = Window.partitionBy("clean_event_id").orderBy(*order)
     return (
         rows.filter(F.col("reason").isNull())
+        .repartition("clean_event_id")
+        .sortWithinPartitions("clean_event_id", *order)
         .withColumn("copy", F.row_number().over(first))
         .filter(F.col("copy") == 1)
         .select(
@@ -243,7 +262,6 @@ def _threshold_message(domain: str, ds: str, counts: _Counts, threshold: float, 
 
 def clean(settings: Settings, ds: str, domain: str) -> StageReport:
     """Validate, quarantine and de-duplicate the raw files of (domain, ds)."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     lake = Lake(settings.lake)
@@ -254,19 +272,19 @@ def clean(settings: Settings, ds: str, domain: str) -> StageReport:
         log.info("clean %s ds=%s: reading %d raw files, %d bytes", domain, ds, len(files), report.bytes_in)
         spark = spark_session(settings, "crossrec-clean")
         raw = read_raw(spark, files).withColumn("row_id", F.monotonically_increasing_id())
-        # the input is read once: counting, quarantine and clean rows all come from this cache
-        rows = validate(raw, settings, ds).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            counts = _count(rows)
-            log.info("clean %s ds=%s: %d rows read, %d to quarantine", domain, ds, counts.rows_in, counts.rows_quarantined)
+        # Each output reads the raw files again: that costs less than caching every raw and
+        # derived column of every row, and keeps memory flat as the input grows.
+        rows = validate(raw, settings, ds)
+        with naming_unreadable_files():
+            rows_in, splits = _file_splits(raw)
             with lake.replace_partition(QUARANTINE, domain=domain, ds=ds) as staged:
                 # quarantine is small: one file, in file order
-                write_parquet(_quarantined(rows, counts), QUARANTINE, staged, "source_file", "source_row", files=1)
+                write_parquet(_quarantined(rows, splits), QUARANTINE, staged, "source_file", "source_row", files=1)
+                counts = _written_counts(rows_in, staged)
+            log.info("clean %s ds=%s: %d rows read, %d quarantined", domain, ds, counts.rows_in, counts.rows_quarantined)
             with lake.replace_partition(CLEAN_INTERACTIONS, domain=domain, ds=ds) as staged:
                 write_parquet(_deduplicated(rows), CLEAN_INTERACTIONS, staged, "event_id")  # sorted by the dedup already
                 rows_clean = pads.dataset(staged, format="parquet").count_rows()
-        finally:
-            rows.unpersist()
         duplicates = counts.rows_in - counts.rows_quarantined - rows_clean
         report.rows_in = counts.rows_in
         report.rows_out = rows_clean

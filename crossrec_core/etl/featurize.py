@@ -96,22 +96,41 @@ def kcore(pairs: DataFrame, k: int) -> DataFrame:
         rows, count = kept, kept_count
 
 
-def assign_splits(pairs: DataFrame, settings: Settings) -> DataFrame:
+def active_users(pairs: DataFrame, target: str, seed: int) -> pa.Table:
+    """Every user of ``pairs`` with whether they are active in both domains (``both``) and
+    the seeded hash that draws the cold-start users (``draw``): one aggregate, collected,
+    serves the keys and the draw. (Boolean aggregates, unlike a min or max of the domain
+    name, run in a hash aggregate, without sorting the pairs by user.)"""
+    from pyspark.sql import functions as F
+
+    is_target = F.col("domain") == target
+    return (
+        pairs.groupBy("user_id")
+        .agg((F.bool_or(is_target) & F.bool_or(~is_target)).alias("both"))
+        .withColumn("draw", F.xxhash64("user_id", F.lit(seed)))
+        .toArrow()
+    )
+
+
+def cold_start_users(users: pa.Table, fraction: float) -> pa.ChunkedArray:
+    """ceil(``fraction`` x the users active in both domains): those with the smallest draw
+    (then user_id)."""
+    overlap = users.filter(users["both"])
+    drawn = math.ceil(overlap.num_rows * fraction)
+    return overlap.sort_by([("draw", "ascending"), ("user_id", "ascending")])["user_id"][:drawn]
+
+
+def assign_splits(pairs: DataFrame, cold_users: pa.ChunkedArray, settings: Settings) -> DataFrame:
     """``pairs`` with a ``split`` column (contracts.Split)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     target = settings.domains.target
-    overlap = pairs.groupBy("user_id").agg((F.min("domain") < F.max("domain")).alias("both")).filter("both")
-    cold_users = math.ceil(overlap.count() * settings.validation.cold_start_fraction)
-    cold = (
-        overlap.orderBy(F.xxhash64("user_id", F.lit(settings.model.seed)), "user_id")
-        .limit(cold_users)
-        .select("user_id", F.lit(True).alias("cold"))
-    )
-    per_user = Window.partitionBy("user_id")
-    rows = F.count(F.lit(1)).over(per_user)
-    recency = F.row_number().over(per_user.orderBy(F.desc("last_ts"), F.desc("item_id")))
+    cold = pairs.sparkSession.createDataFrame(pa.table({"user_id": cold_users})).withColumn("cold", F.lit(True))
+    # one ordering for both window functions, so that Spark sorts the target rows once
+    latest_first = Window.partitionBy("user_id").orderBy(F.desc("last_ts"), F.desc("item_id"))
+    rows = F.count(F.lit(1)).over(latest_first.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
+    recency = F.row_number().over(latest_first)
     held_out = F.greatest(F.lit(1), F.floor(rows * settings.validation.warm_fraction))
     target_split = (
         F.when(F.col("cold").isNotNull(), F.lit(Split.VALID_COLD.value))
@@ -168,10 +187,12 @@ def featurize(settings: Settings, ds: str) -> StageReport:
         try:
             previous_ds = previous_keys_ds(lake, ds)
             log.info("featurize ds=%s: keys continue from features ds=%s", ds, previous_ds)
-            user_keys, new_users = stable_keys(lake, USER_KEYS, previous_ds, pairs.select("user_id").distinct().toArrow())
+            users = active_users(pairs, settings.domains.target, settings.model.seed)
+            user_keys, new_users = stable_keys(lake, USER_KEYS, previous_ds, users.select(["user_id"]))
             item_keys, new_items = stable_keys(lake, ITEM_KEYS, previous_ds, pairs.select("domain", "item_id").distinct().toArrow())
+            cold_users = cold_start_users(users, settings.validation.cold_start_fraction)
             interactions = (
-                assign_splits(pairs, settings)
+                assign_splits(pairs, cold_users, settings)
                 .join(spark.createDataFrame(user_keys), "user_id")
                 .join(spark.createDataFrame(item_keys), ["domain", "item_id"])
             )

@@ -20,8 +20,11 @@ def conform(frame: DataFrame, table: Table) -> DataFrame:
 
 def write_parquet(frame: DataFrame, table: Table, directory: Path, *sort_by: str, files: int | None = None) -> None:
     """Write ``frame`` conformed to ``table`` into ``directory`` (a staging dir), each file
-    sorted by ``sort_by`` so that a rerun writes the same rows in the same order."""
+    sorted by ``sort_by`` so that a rerun writes the same rows in the same order.
+
+    ``files`` fixes the number of files by a shuffle (``repartition``, not ``coalesce``) so
+    that the work before it keeps running in parallel."""
     frame = conform(frame, table)
     if files is not None:
-        frame = frame.coalesce(files)
+        frame = frame.repartition(files)
     frame.sortWithinPartitions(*sort_by).write.mode("overwrite").parquet(str(directory))

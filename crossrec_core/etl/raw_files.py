@@ -27,7 +27,8 @@ import gzip
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -204,11 +205,17 @@ def local_name(spark_path: str) -> str:
     return unquote(parsed.path) if parsed.scheme in ("", "file") else spark_path
 
 
-def raise_if_unreadable(err: Exception) -> None:
-    """Re-raise Spark's failure to read a file (e.g. a corrupt .gz) as RawInputError."""
-    message = str(err)
-    match = _FAILED_READ.search(message)
-    if match:
-        cause = _ROOT_CAUSE.search(message)
-        detail = cause.group(1).strip() if cause else "read error"
-        raise RawInputError(f"{local_name(match.group(1))}: unreadable file: {detail}") from err
+@contextmanager
+def naming_unreadable_files() -> Iterator[None]:
+    """Re-raise Spark's failure to read a file (e.g. a corrupt .gz), in any job run inside,
+    as RawInputError naming the file."""
+    try:
+        yield
+    except Exception as err:
+        message = str(err)
+        match = _FAILED_READ.search(message)
+        if match:
+            cause = _ROOT_CAUSE.search(message)
+            detail = cause.group(1).strip() if cause else "read error"
+            raise RawInputError(f"{local_name(match.group(1))}: unreadable file: {detail}") from err
+        raise
