@@ -25,7 +25,7 @@ from bench.common import REPO, machine, write_section
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, FEATURE_INTERACTIONS, SCORES
 from crossrec_core.lake import Lake
-from crossrec_core.model_store import MODEL_FILE, model_dir, model_version
+from crossrec_core.model_store import MODEL_FILE, candidate_version, model_dir
 
 DS = "2026-03-10"
 STAGES = ("clean", "featurize", "train", "score")
@@ -41,7 +41,10 @@ TRAIN_KILL_WINDOW_S = 0.3  # after the first checkpoint appears
 def partition_digest(lake: Lake, stage: str, settings) -> str | None:
     """A digest of what ``stage`` serves to readers for DS (None: nothing there yet)."""
     if stage == "train":
-        path = model_dir(lake, model_version(DS)) / MODEL_FILE
+        try:
+            path = model_dir(lake, candidate_version(lake, DS)) / MODEL_FILE
+        except FileNotFoundError:  # no model trained yet
+            return None
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
     table, values = {
         "clean": (CLEAN_INTERACTIONS, {"domain": settings.target}),

@@ -48,6 +48,7 @@ from crossrec_core import scoring  # noqa: E402
 from crossrec_core.config import load_settings  # noqa: E402
 from crossrec_core.data import FeatureSet  # noqa: E402
 from crossrec_core.lake import Lake  # noqa: E402
+from crossrec_core.model_store import model_id, model_version  # noqa: E402
 from crossrec_core.models.base import build_model  # noqa: E402
 from crossrec_core.serving import publish_scores  # noqa: E402
 
@@ -153,7 +154,7 @@ def end_to_end(model, features: FeatureSet, k: int, block_size: int) -> dict:
         )
         lake = Lake(root)
         started = time.perf_counter()
-        result = scoring.score_to_partition(lake, DS, features, model, f"models/ds={DS}", settings)
+        result = scoring.score_to_partition(lake, DS, features, model, model_version(DS, model_id(model)), settings)
         scored = time.perf_counter()
         published = publish_scores(lake, DS, "tgt")
         finished = time.perf_counter()

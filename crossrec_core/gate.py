@@ -67,11 +67,11 @@ def decide(new_ndcg: float | None, published_ndcg: float | None, tolerance: floa
 
 def evaluate_stage(settings: Settings, ds: str) -> StageReport:
     """Decide whether tonight's model may replace the served one; write ``gate.json``."""
-    from crossrec_core.model_store import model_version, read_card
+    from crossrec_core.model_store import candidate_version, read_card
 
     lake = Lake(settings.lake)
     with stage_run(lake, "evaluate", ds) as report:
-        card = read_card(lake, model_version(ds))
+        card = read_card(lake, candidate_version(lake, ds))
         published = latest_published(lake, settings.target, before_ds=ds)
         new_ndcg = validation_ndcg(card)
         published_ndcg = validation_ndcg(published) if published else None

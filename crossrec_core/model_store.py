@@ -1,19 +1,30 @@
-"""Model files: ``<lake>/models/ds=DS/`` holds ``model.pt`` and ``model_card.json``.
+"""Model files: ``<lake>/models/ds=DS/model=ID/`` holds ``model.pt`` and ``model_card.json``.
 
 ``model.pt`` is a state_dict (tensors only), read back with
 ``torch.load(..., weights_only=True)``; the card (JSON) says how to rebuild the model
 (name, config) and what it is (data window, sizes, validation metrics, the candidates'
-scores under ``auto``, code version, creation time). The directory is written aside and
-swapped into place as one unit (``Lake.replace_partition``), so a reader sees the
-previous model or the new one, never a mix. The model version is the directory
-relative to the lake root, ``models/ds=DS``: that string is what the recommendations
-table records.
+scores under ``auto``, code version, creation time).
+
+Model versions are content-addressed: ID is a digest of the model's name, settings and
+weights, and the version string, what the recommendations table records, is the
+directory relative to the lake root, ``models/ds=DS/model=ID``. So a rerun of a night
+that trains the same model (CPU training is bit-repeatable) rewrites the same directory
+and serves identical rows, while a rerun that trains a different model (other data or
+settings) writes a new directory and never touches the one that serves: a served row
+always links to the weights and card that produced it. ``models/ds=DS/candidate.json``
+names the model trained last for DS, the one that evaluate, score and publish act on.
+
+A model directory is written aside and swapped into place as one unit
+(``Lake.replace_partition``), and the candidate pointer is replaced atomically after it,
+so a reader sees the previous model or the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import subprocess
 from datetime import UTC, datetime
@@ -26,23 +37,22 @@ import torch
 from crossrec_core.config import ModelSettings
 from crossrec_core.contracts import MODELS_ROOT, Column, ColumnType, Table, TableFormat
 from crossrec_core.data import FeatureSet
-from crossrec_core.lake import Lake, LakeError
+from crossrec_core.lake import Lake, LakeError, MissingPartitionError
 from crossrec_core.models.base import Recommender, build_model
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "model_card.json"
-_VERSION_PATTERN = re.compile(rf"^{MODELS_ROOT}/ds=(?P<ds>[^/]+)$")
+CANDIDATE_FILE = "candidate.json"
+_VERSION_PATTERN = re.compile(rf"^{MODELS_ROOT}/ds=(?P<ds>[^/]+)/model=(?P<model>[0-9a-f]+)$")
 
-# Not a data table: declared only so that model directories get the lake's partition
-# path checks and atomic directory swap.
+# Not data tables: declared only so that model directories get the lake's partition
+# path checks and atomic directory swap. A night holds its models and candidate pointer.
+_DS = Column("ds", ColumnType.STRING)
+MODEL_NIGHTS = Table(name="model_nights", path=MODELS_ROOT, format=TableFormat.PARQUET, partition_by=(_DS,), columns=())
 MODEL_FILES = Table(
-    name="models",
-    path=MODELS_ROOT,
-    format=TableFormat.PARQUET,
-    partition_by=(Column("ds", ColumnType.STRING),),
-    columns=(),
+    name="models", path=MODELS_ROOT, format=TableFormat.PARQUET, partition_by=(_DS, Column("model", ColumnType.STRING)), columns=()
 )
 
 
@@ -51,20 +61,52 @@ class ModelFileError(LakeError):
     (a LakeError: a job exits 2, not retried, jobs_main.py)."""
 
 
-def model_version(ds: str) -> str:
-    return f"{MODELS_ROOT}/ds={ds}"
+def model_id(model: Recommender) -> str:
+    """12 hex digits identifying the model's name, settings and weights."""
+    digest = hashlib.blake2b(digest_size=6)
+    digest.update(json.dumps([model.name, model.settings.model_dump(mode="json")], sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_version(ds: str, model: str) -> str:
+    """The version string of model ``model`` (an id, :func:`model_id`) of night ``ds``."""
+    return f"{MODELS_ROOT}/ds={ds}/model={model}"
 
 
 def model_dir(lake: Lake, version: str) -> Path:
     match = _VERSION_PATTERN.match(version)
     if not match:
-        raise ModelFileError(f"model version {version!r} is not of the form {MODELS_ROOT}/ds=YYYY-MM-DD")
-    return lake.partition_path(MODEL_FILES, ds=match["ds"])
+        raise ModelFileError(f"model version {version!r} is not of the form {MODELS_ROOT}/ds=YYYY-MM-DD/model=ID")
+    return lake.partition_path(MODEL_FILES, ds=match["ds"], model=match["model"])
+
+
+def candidate_version(lake: Lake, ds: str) -> str:
+    """The version of the model trained last for ``ds`` (what evaluate, score and publish use)."""
+    path = lake.partition_path(MODEL_NIGHTS, ds=ds) / CANDIDATE_FILE
+    try:
+        version = json.loads(path.read_text())["model_version"]
+    except FileNotFoundError:
+        raise MissingPartitionError(f"no model trained for ds={ds}: {path} does not exist (run the train stage)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ModelFileError(f"candidate pointer {path} is damaged ({type(err).__name__}: {err}): re-run the train stage") from err
+    model_dir(lake, version)  # a well-formed version
+    return version
+
+
+def _write_candidate(lake: Lake, ds: str, version: str) -> None:
+    path = lake.partition_path(MODEL_NIGHTS, ds=ds) / CANDIDATE_FILE
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged.write_text(json.dumps({"model_version": version}))
+    os.replace(staged, path)
 
 
 def checkpoint_root(lake: Lake, ds: str) -> Path:
     """Where the training runs of ``ds`` checkpoint (``models/_checkpoints/ds=DS``)."""
-    return lake.partition_path(MODEL_FILES, ds=ds).parent / "_checkpoints" / f"ds={ds}"
+    return lake.partition_path(MODEL_NIGHTS, ds=ds).parent / "_checkpoints" / f"ds={ds}"
 
 
 def code_version() -> dict[str, str | None]:
@@ -91,12 +133,14 @@ def data_card(features: FeatureSet) -> dict[str, Any]:
 
 
 def save_model(lake: Lake, ds: str, model: Recommender, card: dict[str, Any]) -> str:
-    """Write ``model.pt`` and the card for ``ds`` atomically; return the model version.
+    """Write ``model.pt`` and the card atomically, make the model the candidate of ``ds``;
+    return its version.
 
     ``card`` holds what only the caller knows (data window and sizes, see
     :func:`data_card`, validation metrics, candidates' scores); name, version, config,
     code version and creation time are added here."""
-    version = model_version(ds)
+    identity = model_id(model)
+    version = model_version(ds, identity)
     full_card = {
         **card,
         "name": model.name,
@@ -107,9 +151,10 @@ def save_model(lake: Lake, ds: str, model: Recommender, card: dict[str, Any]) ->
         "created_at": datetime.now(UTC).isoformat(),
     }
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    with lake.replace_partition(MODEL_FILES, ds=ds) as staged:
+    with lake.replace_partition(MODEL_FILES, ds=ds, model=identity) as staged:
         torch.save(state, staged / MODEL_FILE)
         (staged / CARD_FILE).write_text(json.dumps(full_card, indent=2, sort_keys=True, default=str))
+    _write_candidate(lake, ds, version)
     log.info("saved model %s (%s) to %s", model.name, version, model_dir(lake, version))
     return version
 

@@ -340,7 +340,7 @@ def score_to_partition(
 def score_stage(settings: Settings, ds: str) -> StageReport:
     """Score tonight's target users with tonight's model, unless the gate rejected it."""
     from crossrec_core.features import load_features
-    from crossrec_core.model_store import load_model, model_dir, model_version
+    from crossrec_core.model_store import candidate_version, load_model, model_dir
     from crossrec_core.serving import gate_decision
 
     lake = Lake(settings.lake)
@@ -351,7 +351,7 @@ def score_stage(settings: Settings, ds: str) -> StageReport:
             report.metrics["reason"] = decision.get("reason", "")
             log.info("score skipped for ds=%s: the gate rejected the model: %s", ds, decision.get("reason"))
             return report
-        version = model_version(ds)
+        version = candidate_version(lake, ds)
         features = load_features(lake, ds, settings.source, settings.target)
         model, card = load_model(lake, version, features)
         features_bytes, _ = dir_size(lake.partition_path(USER_KEYS, ds=ds).parent)

@@ -44,9 +44,11 @@ SERVED_COLUMNS = ["rank", "item_id", "score", "model_version", "segment"]
 
 # ---- the gate's decision ------------------------------------------------------------
 def gate_path(lake: Lake, ds: str) -> Path:
-    from crossrec_core.model_store import model_dir, model_version
+    """Where the evaluate stage keeps its verdict on the candidate model of ``ds``: inside
+    that model's directory, so a newly trained model is never published on an old verdict."""
+    from crossrec_core.model_store import candidate_version, model_dir
 
-    return model_dir(lake, model_version(ds)) / GATE_FILE
+    return model_dir(lake, candidate_version(lake, ds)) / GATE_FILE
 
 
 def gate_decision(lake: Lake, ds: str) -> dict[str, Any]:
@@ -91,6 +93,13 @@ def scores_files(lake: Lake, ds: str, domain: str) -> list[Path]:
     return files
 
 
+def _scored_by(lake: Lake, ds: str, domain: str) -> set[str]:
+    """The model versions in ``scores/ds=DS/domain=D`` (one column, dictionary-encoded: cheap)."""
+    directory = lake.require_partition(SCORES, ds=ds, domain=domain)
+    column = pads.dataset(directory, format="parquet").to_table(columns=["model_version"])["model_version"]
+    return set(pc.unique(column).to_pylist())
+
+
 def publish_scores(lake: Lake, ds: str, domain: str, metrics: dict[str, Any] | None = None) -> Published:
     """Commit the scores of (ds, domain) as the recommendations partition (one commit).
 
@@ -122,9 +131,16 @@ def publish_stage(settings: Settings, ds: str) -> StageReport:
             report.metrics["still_served"] = served
             log.info("publish gated for ds=%s: %s; still served: %s", ds, decision.get("reason"), served)
             return report
-        from crossrec_core.model_store import model_version
+        from crossrec_core.model_store import candidate_version
 
-        published = publish_scores(lake, ds, domain, metrics={"ds": ds, "model_version": model_version(ds)})
+        version = candidate_version(lake, ds)
+        scored_by = _scored_by(lake, ds, domain)
+        if scored_by - {version}:
+            raise LakeError(
+                f"scores of ds={ds} domain={domain} come from {sorted(scored_by)}, but the gated model of ds={ds} "
+                f"is {version}: re-run the score stage for ds={ds}"
+            )
+        published = publish_scores(lake, ds, domain, metrics={"ds": ds, "model_version": version})
         report.rows_in = report.rows_out = published.rows
         report.bytes_in = report.bytes_out = published.bytes
         report.metrics.update({"table_version": published.table_version, "files": published.files, "domain": domain})
@@ -326,7 +342,7 @@ def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResu
     referenced for longer than ``keep_days`` (time travel keeps working within the kept
     window). scores/ and models/ partitions older than the cutoff are removed, except
     the models the remaining recommendations link to (the served model is never lost)."""
-    from crossrec_core.model_store import MODEL_FILES, model_version
+    from crossrec_core.model_store import MODEL_FILES, MODEL_NIGHTS, model_version
 
     if keep_days < 0:
         raise ValueError(f"keep_days must be >= 0, got {keep_days}")
@@ -351,12 +367,16 @@ def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResu
         partitions = lake.parquet_partitions(table)
         cutoff = _cutoff((p["ds"] for p in partitions), keep_days)
         for partition in partitions:
-            if partition["ds"] >= cutoff or (table is MODEL_FILES and model_version(partition["ds"]) in served):
+            if partition["ds"] >= cutoff or (table is MODEL_FILES and model_version(**partition) in served):
                 continue
             result.removed_partitions.append(f"{table.path} " + " ".join(f"{k}={v}" for k, v in partition.items()))
             if not dry_run:
                 lake.delete_parquet_partition(table, **partition)
                 _remove_empty_parents(lake.partition_path(table, **partition), lake.root / table.path)
+    if not dry_run:  # a night none of whose models is left keeps nothing but its candidate pointer
+        for night in lake.parquet_partitions(MODEL_NIGHTS):
+            if not lake.parquet_partitions(MODEL_FILES, ds=night["ds"]):
+                lake.delete_parquet_partition(MODEL_NIGHTS, **night)
     log.info(
         "vacuum (keep %d days%s): %d partitions, %d files removed",
         keep_days, ", dry run" if dry_run else "", len(result.removed_partitions), len(result.removed_files),

@@ -54,6 +54,39 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def fake_model_version(ds: str) -> str:
+    """A well-formed model version of night ``ds`` for tests that fake the train stage."""
+    return f"models/ds={ds}/model={ds.replace('-', '')}0000"
+
+
+def write_fake_model(lake, ds: str, card: dict | None = None) -> str:
+    """What the train stage leaves for ``ds`` without training: a model directory holding a
+    card, and the candidate pointer naming it. Returns the version."""
+    import json
+
+    from crossrec_core.model_store import CANDIDATE_FILE, CARD_FILE
+
+    version = fake_model_version(ds)
+    directory = lake.root / version
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CARD_FILE).write_text(json.dumps({"name": "dann", "model_version": version, **(card or {})}))
+    (directory.parent / CANDIDATE_FILE).write_text(json.dumps({"model_version": version}))
+    return version
+
+
+def write_gate(lake, ds: str, publish: bool, reason: str = "test") -> None:
+    """The evaluate stage's decision on the candidate model of ``ds`` (a fake model when none was saved)."""
+    import json
+
+    from crossrec_core.model_store import candidate_version
+
+    try:
+        version = candidate_version(lake, ds)
+    except FileNotFoundError:
+        version = write_fake_model(lake, ds)
+    (lake.root / version / "gate.json").write_text(json.dumps({"publish": publish, "reason": reason}))
+
+
 def make_cross_domain_features(seed: int = 0, n_users: int = 120, n_clusters: int = 3):
     """A tiny FeatureSet in which a user's target items follow from their source items.
 

@@ -14,6 +14,7 @@ from crossrec_core.contracts import RECOMMENDATIONS, USER_KEYS
 from crossrec_core.demo import run_nights
 from crossrec_core.ingest.demo_data import generate_demo_data
 from crossrec_core.lake import Lake
+from crossrec_core.model_store import candidate_version
 from crossrec_core.pipeline import STAGES
 from crossrec_core.reports import read_run_reports
 from crossrec_core.serving import snapshot
@@ -54,7 +55,7 @@ def test_the_nightly_dag_runs_through_airflow_and_a_rerun_changes_no_rows(tmp_pa
     lists = rows.group_by("user_id").aggregate([("rank", "count"), ("rank", "max")])
     assert set(lists["user_id"].to_pylist()) == users
     assert set(lists["rank_count"].to_pylist()) == {K} and set(lists["rank_max"].to_pylist()) == {K}
-    assert set(rows["model_version"].to_pylist()) == {f"models/ds={DS}"}
+    assert set(rows["model_version"].to_pylist()) == {candidate_version(lake, DS)}
 
     airflow_log = (tmp_path / "airflow_home" / "demo-logs" / f"dags-test-{DS}.log").read_text()
     run_nights(settings, tmp_path / "airflow_home", [DS])

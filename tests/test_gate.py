@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import fake_model_version, write_fake_model
 
 from crossrec_core.contracts import SCORES, StageStatus
 from crossrec_core.gate import RunFailed, decide, evaluate_stage, latest_published, report_stage
-from crossrec_core.lake import Lake
-from crossrec_core.model_store import ModelFileError
+from crossrec_core.lake import Lake, LakeError, MissingPartitionError
+from crossrec_core.model_store import CANDIDATE_FILE, ModelFileError
 from crossrec_core.reports import read_run_reports, stage_run
 from crossrec_core.serving import latest_served, publish_stage
 
@@ -23,19 +24,15 @@ def gate_settings(settings):
 
 
 def night(lake: Lake, settings, ds: str, ndcg: float | None, users: int = 4, k: int = 3) -> None:
-    """What train and score leave for ``ds``: a model card and the scores partition."""
-    model_dir = lake.root / "models" / f"ds={ds}"
-    model_dir.mkdir(parents=True)
-    metrics = None if ndcg is None else {"all": {"ndcg@10": ndcg}}
-    card = {"name": "dann", "model_version": f"models/ds={ds}", "metrics": metrics}
-    (model_dir / "model_card.json").write_text(json.dumps(card))
+    """What train and score leave for ``ds``: a model card, the candidate pointer and the scores partition."""
+    write_fake_model(lake, ds, {"metrics": None if ndcg is None else {"all": {"ndcg@10": ndcg}}})
     n = users * k
     scores = pa.table({
         "user_id": np.repeat([f"u{i}" for i in range(users)], k),
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), users),
         "item_id": [f"t{i}" for i in range(n)],
         "score": np.linspace(1, 0, n, dtype=np.float32),
-        "model_version": [f"models/ds={ds}"] * n,
+        "model_version": [fake_model_version(ds)] * n,
         "segment": ["warm"] * n,
     })
     lake.write_parquet_partition(SCORES, SCORES.validate(scores), ds=ds, domain=settings.target)
@@ -70,17 +67,17 @@ def test_a_regressed_model_is_gated_and_the_last_good_list_stays_served(lake, ga
     assert first_publish.status == StageStatus.SUCCESS
 
     gated, gated_publish = evaluate_and_publish(lake, gate_settings, "2026-01-02", 0.15)
-    decision = json.loads((lake.root / "models/ds=2026-01-02/gate.json").read_text())
+    decision = json.loads((lake.root / fake_model_version("2026-01-02") / "gate.json").read_text())
     assert gated.status == StageStatus.GATED and decision["publish"] is False
-    assert decision["published_version"] == "models/ds=2026-01-01" and "0.1500" in decision["reason"]
+    assert decision["published_version"] == fake_model_version("2026-01-01") and "0.1500" in decision["reason"]
     assert gated_publish.status == StageStatus.GATED
-    assert latest_served(lake, gate_settings.target) == {"ds": "2026-01-01", "model_version": "models/ds=2026-01-01"}
+    assert latest_served(lake, gate_settings.target) == {"ds": "2026-01-01", "model_version": fake_model_version("2026-01-01")}
 
     # compared with what serves (01-01, 0.20), not with the rejected night (0.15)
     within, within_publish = evaluate_and_publish(lake, gate_settings, "2026-01-03", 0.195)
     assert within.status == StageStatus.SUCCESS and within.metrics["published_ndcg@10"] == 0.20
     assert within_publish.status == StageStatus.SUCCESS
-    assert latest_published(lake, gate_settings.target)["model_version"] == "models/ds=2026-01-03"
+    assert latest_published(lake, gate_settings.target)["model_version"] == fake_model_version("2026-01-03")
 
     reports = {r["stage"]: r for r in read_run_reports(lake, "2026-01-02").to_pylist()}
     assert reports["evaluate"]["status"] == "gated" and "below" in json.loads(reports["evaluate"]["metrics"])["reason"]
@@ -90,12 +87,28 @@ def test_a_rerun_of_the_same_night_compares_with_the_night_before(lake, gate_set
     evaluate_and_publish(lake, gate_settings, "2026-01-01", 0.20)
     evaluate_and_publish(lake, gate_settings, "2026-01-02", 0.21)
     rerun = evaluate_stage(gate_settings, "2026-01-02")
-    assert rerun.status == StageStatus.SUCCESS and rerun.metrics["published_version"] == "models/ds=2026-01-01"
+    assert rerun.status == StageStatus.SUCCESS and rerun.metrics["published_version"] == fake_model_version("2026-01-01")
 
 
-def test_evaluate_without_a_model_names_the_missing_card(lake, gate_settings):
-    with pytest.raises(ModelFileError, match=r"models/ds=2026-01-01/model_card\.json does not exist"):
+def test_evaluate_without_a_model_names_the_missing_file(lake, gate_settings):
+    with pytest.raises(MissingPartitionError, match=r"no model trained for ds=2026-01-01: .*models/ds=2026-01-01/candidate\.json does not exist"):
         evaluate_stage(gate_settings, "2026-01-01")
+    night(lake, gate_settings, "2026-01-01", 0.2)
+    (lake.root / fake_model_version("2026-01-01") / "model_card.json").unlink()
+    with pytest.raises(ModelFileError, match=r"models/ds=2026-01-01/model=202601010000/model_card\.json does not exist"):
+        evaluate_stage(gate_settings, "2026-01-01")
+
+
+def test_publish_refuses_scores_of_another_model_than_the_gated_one(lake, gate_settings):
+    night(lake, gate_settings, "2026-01-01", 0.2)
+    evaluate_stage(gate_settings, "2026-01-01")
+    retrained = fake_model_version("2026-01-01").replace("0000", "1111")
+    (lake.root / retrained).mkdir()
+    (lake.root / retrained / "model_card.json").write_text(json.dumps({"name": "dann", "model_version": retrained}))
+    (lake.root / "models/ds=2026-01-01" / CANDIDATE_FILE).write_text(json.dumps({"model_version": retrained}))
+    evaluate_stage(gate_settings, "2026-01-01")  # the retrained model passes the gate, but nobody re-scored
+    with pytest.raises(LakeError, match=r"scores of ds=2026-01-01 domain=books come from \['models/ds=2026-01-01/model=202601010000'\].*re-run the score stage"):
+        publish_stage(gate_settings, "2026-01-01")
 
 
 def test_report_passes_a_complete_or_gated_night_and_names_failed_or_missing_stages(lake, gate_settings):

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from bench.reliability import DS, job, partition_digest, prepare_night, run_killed, trial
-from crossrec_core.model_store import MODEL_FILE, model_dir, model_version
+from crossrec_core.model_store import MODEL_FILE, candidate_version, model_dir
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -36,12 +36,12 @@ def test_a_killed_stage_leaves_a_complete_partition_and_the_rerun_equals_the_uni
 
 def test_a_killed_training_resumes_from_its_checkpoint(night):
     lake, settings, env = night.lake, night.settings, night.env
-    shutil.rmtree(model_dir(lake, model_version(DS)))  # a night whose training never finished
+    shutil.rmtree(model_dir(lake, candidate_version(lake, DS)).parent)  # a night whose training never finished
     assert run_killed("train", night, seed=11).landed
     rerun = subprocess.run(job("train", lake.root, settings), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     subprocess.run(job("evaluate", lake.root, settings), env=env, check=True, capture_output=True)
-    card = json.loads((model_dir(lake, model_version(DS)) / "model_card.json").read_text())
+    card = json.loads((model_dir(lake, candidate_version(lake, DS)) / "model_card.json").read_text())
     assert card["training"]["resumed_from_epoch"] >= 1
     assert partition_digest(lake, "train", settings) == night.baseline["train"]  # resumed = same weights as uninterrupted
 
@@ -52,7 +52,7 @@ def test_a_truncated_model_file_fails_scoring_clearly_and_the_served_list_stays(
 
     settings, lake, env = night.settings, night.lake, night.env
     served_version = snapshot(lake, RECOMMENDATIONS).version
-    model_file = model_dir(lake, model_version(DS)) / MODEL_FILE
+    model_file = model_dir(lake, candidate_version(lake, DS)) / MODEL_FILE
     model_file.write_bytes(model_file.read_bytes()[:100])
 
     scored = subprocess.run(job("score", lake.root, settings), env=env, capture_output=True, text=True)

@@ -3,21 +3,20 @@ score stage, and the Spark scale-out path giving the same rows as the local one.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import fake_model_version, write_gate
 
 from crossrec_core import scoring
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import SCORES, Segment, StageStatus
 from crossrec_core.data import FeatureSet
 from crossrec_core.metrics import PAD
-from crossrec_core.model_store import model_version, save_model
+from crossrec_core.model_store import candidate_version, save_model
 from crossrec_core.models.base import Recommender, build_model, dot_scores
 from crossrec_core.reports import read_run_reports
 
@@ -150,14 +149,14 @@ def test_every_user_of_the_key_index_gets_a_list_of_their_segment(lake_root, lak
     settings = score_settings(lake_root)
     model = integer_model("target_only", features, settings)
 
-    result = scoring.score_to_partition(lake, DS, features, model, model_version(DS), settings)
+    result = scoring.score_to_partition(lake, DS, features, model, fake_model_version(DS), settings)
 
     rows = lake.read_parquet_partition(SCORES, ds=DS, domain="tgt")
     assert result.rows == rows.num_rows and result.users == features.n_users
     assert result.segments == {"warm": 110, "cold_start": 10, "fallback": 3}
     assert set(rows["user_id"].to_pylist()) == set(features.user_ids)
     assert rows["user_id"].to_pylist() == sorted(rows["user_id"].to_pylist())  # clustered for lookups
-    assert set(rows["model_version"].to_pylist()) == {"models/ds=2026-01-05"}
+    assert set(rows["model_version"].to_pylist()) == {fake_model_version(DS)}
     segment_by_user = dict(zip(rows["user_id"].to_pylist(), rows["segment"].to_pylist(), strict=False))
     expected = features.segment_of(np.arange(features.n_users))
     assert [segment_by_user[u] for u in features.user_ids] == expected.tolist()
@@ -182,7 +181,7 @@ def test_every_user_of_the_key_index_gets_a_list_of_their_segment(lake_root, lak
 def test_min_history_moves_thin_users_to_fallback_without_their_seen_items(lake_root, lake, tiny_features):
     settings = score_settings(lake_root, min_history=4, k=30)
     model = integer_model("target_only", tiny_features, settings)
-    scoring.score_to_partition(lake, DS, tiny_features, model, model_version(DS), settings)
+    scoring.score_to_partition(lake, DS, tiny_features, model, fake_model_version(DS), settings)
     rows = lake.read_parquet_partition(SCORES, ds=DS, domain="tgt")
     # u15 (target-only user) has 3 target training items: below 4, no source history
     assert tiny_features.train["tgt"][15].nnz == 3 and tiny_features.train["src"][15].nnz == 0
@@ -191,12 +190,6 @@ def test_min_history_moves_thin_users_to_fallback_without_their_seen_items(lake_
     # 30 target items, 3 seen: a user with fewer than k unseen items gets fewer rows
     assert u15.num_rows == 27 and u15["rank"].to_pylist() == list(range(1, 28))
     assert not set(u15["item_id"].to_pylist()) & set(tiny_features.item_ids["tgt"][tiny_features.train["tgt"][15].indices])
-
-
-def write_gate(lake, ds: str, publish: bool, reason: str = "test") -> None:
-    path = lake.root / "models" / f"ds={ds}"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "gate.json").write_text(json.dumps({"publish": publish, "reason": reason}))
 
 
 def prepare_night(lake, settings, features, ds: str = DS, seed: int = 0) -> None:
@@ -242,8 +235,8 @@ def test_score_stage_without_a_gate_decision_names_the_missing_file(lake_root, l
 
     settings = score_settings(lake_root)
     prepare_night(lake, settings, tiny_features)
-    (lake.root / "models" / f"ds={DS}" / "gate.json").unlink()
-    with pytest.raises(MissingPartitionError, match=r"models/ds=2026-01-05/gate.json.*evaluate"):
+    (lake.root / candidate_version(lake, DS) / "gate.json").unlink()
+    with pytest.raises(MissingPartitionError, match=r"models/ds=2026-01-05/model=[0-9a-f]{12}/gate.json.*evaluate"):
         scoring.score_stage(settings, DS)
 
 
@@ -253,8 +246,8 @@ def test_spark_backend_gives_the_rows_of_the_local_backend(spark, lake_root, lak
     distributed = score_settings(lake_root, block_size=16, backend="spark")
     model = integer_model("target_only", features, local)
 
-    scoring.score_to_partition(lake, "2026-01-05", features, model, model_version(DS), local)
-    result = scoring.score_to_partition(lake, "2026-01-06", features, model, model_version(DS), distributed)
+    scoring.score_to_partition(lake, "2026-01-05", features, model, fake_model_version(DS), local)
+    result = scoring.score_to_partition(lake, "2026-01-06", features, model, fake_model_version(DS), distributed)
 
     order = [("user_id", "ascending"), ("rank", "ascending")]
     want = lake.read_parquet_partition(SCORES, ds="2026-01-05", domain="tgt").sort_by(order)

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import fake_model_version, write_gate
 from typer.testing import CliRunner
 
 from crossrec_core.cli import app
@@ -31,15 +32,8 @@ def serving_settings(lake_root):
     return load_settings(lake=lake_root, domains={"source": "src", "target": "tgt"})
 
 
-def write_gate(lake, ds: str, publish: bool, reason: str = "test") -> None:
-    """The evaluate stage's decision file for ``ds``."""
-    path = lake.root / "models" / f"ds={ds}"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "gate.json").write_text(json.dumps({"publish": publish, "reason": reason}))
-
-
-def scores_table(users: list[str], k: int, ds: str, segment: str = "warm", seed: int = 0) -> pa.Table:
-    """k rows per user, ranked, naming the model of ``ds``."""
+def scores_table(users: list[str], k: int, ds: str, segment: str = "warm", seed: int = 0, version: str | None = None) -> pa.Table:
+    """k rows per user, ranked, naming the model of ``ds`` (by default the fake one)."""
     rng = np.random.default_rng(seed)
     n = len(users) * k
     return SCORES.validate(pa.table({
@@ -47,7 +41,7 @@ def scores_table(users: list[str], k: int, ds: str, segment: str = "warm", seed:
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
         "item_id": [f"t{i}" for i in rng.integers(0, 1000, n)],
         "score": np.sort(rng.random(n).astype(np.float32))[::-1],
-        "model_version": [f"models/ds={ds}"] * n,
+        "model_version": [version or fake_model_version(ds)] * n,
         "segment": [segment] * n,
     }))
 
@@ -105,11 +99,12 @@ def test_a_gated_night_commits_nothing_and_the_last_good_list_stays_served(lake_
     report = publish_night(lake_root, lake, "2026-01-06", scores_table(USERS, 5, "2026-01-06", seed=2), publish=False)
 
     assert report.status == StageStatus.GATED and "ndcg@10 fell" in report.metrics["reason"]
-    assert report.metrics["still_served"] == {"ds": "2026-01-05", "model_version": "models/ds=2026-01-05"}
+    served_model = fake_model_version("2026-01-05")
+    assert report.metrics["still_served"] == {"ds": "2026-01-05", "model_version": served_model}
     assert lake.delta_table(RECOMMENDATIONS).version() == version
-    assert latest_served(lake, "tgt") == {"ds": "2026-01-05", "model_version": "models/ds=2026-01-05"}
+    assert latest_served(lake, "tgt") == {"ds": "2026-01-05", "model_version": served_model}
     served = user_recommendations(lake, "u3", "tgt")
-    assert served.ds == "2026-01-05" and served.model_version == "models/ds=2026-01-05" and served.rows.num_rows == 5
+    assert served.ds == "2026-01-05" and served.model_version == served_model and served.rows.num_rows == 5
     statuses = {(r["ds"], r["stage"]): r["status"] for r in read_run_reports(lake).to_pylist()}
     assert statuses[("2026-01-06", "publish")] == "gated"
 
@@ -172,8 +167,8 @@ def test_recs_time_travel_returns_the_earlier_list(lake_root, lake):
 
     shown = runner.invoke(app, ["recs", "u7", "--lake", str(lake_root), "--domain", "tgt", "--ds", "2026-01-05"])
     assert shown.exit_code == 0
-    caption = " ".join(shown.stdout.split())  # rich wraps the caption to the table's width
-    assert f"ds 2026-01-05 · domain tgt · model models/ds=2026-01-05 · table version {earlier + 1}" in caption
+    caption = "".join(shown.stdout.split())  # rich wraps the caption to the table's width, even inside words
+    assert f"ds2026-01-05·domaintgt·model{fake_model_version('2026-01-05')}·tableversion{earlier + 1}" in caption
 
 
 def test_restore_serves_an_earlier_version_again_and_refuses_a_later_one(lake_root, lake):
@@ -201,7 +196,7 @@ def test_an_unknown_user_is_told_so_and_shown_the_fallback_list(lake_root, lake)
             "rank": pa.array([1, 2, 3] * 2, pa.int32()),
             "item_id": ["t9", "t1", "t7"] + popular,
             "score": pa.array([3.0, 1.0, 0.5, 3.0, 2.0, 1.0], pa.float32()),
-            "model_version": ["models/ds=2026-01-05"] * 6,
+            "model_version": [fake_model_version("2026-01-05")] * 6,
             "segment": ["fallback"] * 6,
         })),
     ])
@@ -228,8 +223,8 @@ def test_each_row_links_to_its_model_card(lake_root, lake, tiny_features):
 
     model = build_model("popularity", tiny_features, load_settings().model)
     model.fit_fixed(tiny_features)
-    save_model(lake, "2026-01-05", model, {"metrics": {"all": {"ndcg@10": 0.25}}})
-    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 2, "2026-01-05"))
+    version = save_model(lake, "2026-01-05", model, {"metrics": {"all": {"ndcg@10": 0.25}}})
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 2, "2026-01-05", version=version))
 
     card = model_card_for(lake, user_recommendations(lake, "u1", "tgt").model_version)
 
@@ -258,7 +253,7 @@ def test_vacuum_drops_old_partitions_keeps_the_served_model_and_time_travel(lake
     before = lake.delta_table(RECOMMENDATIONS).version()
 
     dry = vacuum_lake(lake, keep_days=1, dry_run=True)
-    assert lake.delta_table(RECOMMENDATIONS).version() == before and (lake.root / "models/ds=2026-01-01").is_dir()
+    assert lake.delta_table(RECOMMENDATIONS).version() == before and (lake.root / fake_model_version("2026-01-01")).is_dir()
 
     result = vacuum_lake(lake, keep_days=1)
 
@@ -266,7 +261,7 @@ def test_vacuum_drops_old_partitions_keeps_the_served_model_and_time_travel(lake
         "serving/recommendations ds=2026-01-01",
         "serving/run_reports ds=2026-01-01", "serving/run_reports ds=2026-01-02", "serving/run_reports ds=2026-01-03",
         "scores ds=2026-01-01 domain=tgt", "scores ds=2026-01-02 domain=tgt", "scores ds=2026-01-03 domain=tgt",
-        "models ds=2026-01-01",  # 01-02 and 01-03 are older than the models' cutoff but still served
+        "models ds=2026-01-01 model=202601010000",  # 01-02 and 01-03 are older than the models' cutoff but still served
     ])
     current = snapshot(lake, RECOMMENDATIONS)
     assert current.version == before + 1 and current.days() == ["2026-01-02", "2026-01-03"]

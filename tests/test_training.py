@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import make_cross_domain_features
 from crossrec_core import training
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import Segment
-from crossrec_core.model_store import ModelFileError, data_card, load_model, model_dir, save_model
+from crossrec_core.model_store import ModelFileError, candidate_version, data_card, load_model, model_dir, read_card, save_model
 from crossrec_core.models.base import build_model, dot_scores
 from crossrec_core.models.encoders import DANN
 from crossrec_core.training import fit_model, warm_start
@@ -140,13 +141,27 @@ def test_saved_model_loads_with_identical_scores(name, tiny_features, lake):
         for domain in tiny_features.domains:
             expected = dot_scores(model.user_vectors(domain, keys), model.item_vectors(domain))
             assert torch.equal(dot_scores(loaded.user_vectors(domain, keys), loaded.item_vectors(domain)), expected)
-    assert version == "models/ds=2026-01-05" and card["model_version"] == version
+    assert re.fullmatch(r"models/ds=2026-01-05/model=[0-9a-f]{12}", version) and card["model_version"] == version
     assert card["name"] == name and card["config"]["dim"] == 8 and card["ds"] == "2026-01-05"
     assert card["n_users"] == tiny_features.n_users and card["n_items"] == {"src": 24, "tgt": 30}
     assert card["data_window"] == ["2025-12-06", "2026-01-05"] and card["metrics"] == history.validation
     assert card["code_version"]["package"] and card["created_at"]
     assert sorted(p.name for p in lake.root.joinpath("models").iterdir()) == ["ds=2026-01-05"]
+    assert sorted(p.name for p in lake.root.joinpath("models/ds=2026-01-05").iterdir()) == ["candidate.json", version.split("/")[-1]]
+    assert candidate_version(lake, "2026-01-05") == version
     assert not any(lake.root.joinpath("_staging").iterdir())
+
+
+def test_a_different_model_for_the_same_night_gets_its_own_version_and_leaves_the_first_intact(tiny_features, lake):
+    first, _ = fit_model("joint_mf", tiny_features, model_settings(epochs=1), progress=False)
+    second, _ = fit_model("joint_mf", tiny_features, model_settings(epochs=1, seed=7), progress=False)
+    served = save_model(lake, "2026-01-05", first, data_card(tiny_features))
+    served_bytes = (model_dir(lake, served) / "model.pt").read_bytes()
+    rerun = save_model(lake, "2026-01-05", second, data_card(tiny_features))
+    assert rerun != served and candidate_version(lake, "2026-01-05") == rerun
+    assert (model_dir(lake, served) / "model.pt").read_bytes() == served_bytes  # what the served rows link to stays
+    again, _ = fit_model("joint_mf", tiny_features, model_settings(epochs=1, seed=7), progress=False)
+    assert save_model(lake, "2026-01-05", again, data_card(tiny_features)) == rerun  # same model, same version
 
 
 def test_truncated_or_missing_model_file_raises_a_clear_error(tiny_features, lake):
@@ -159,8 +174,8 @@ def test_truncated_or_missing_model_file_raises_a_clear_error(tiny_features, lak
     path.unlink()
     with pytest.raises(ModelFileError, match=f"model file {path} does not exist"):
         load_model(lake, version, tiny_features)
-    with pytest.raises(ModelFileError, match="models/ds=2026-01-06/model_card.json does not exist"):
-        load_model(lake, "models/ds=2026-01-06", tiny_features)
+    with pytest.raises(ModelFileError, match="models/ds=2026-01-06/model=0123456789ab/model_card.json does not exist"):
+        load_model(lake, "models/ds=2026-01-06/model=0123456789ab", tiny_features)
     with pytest.raises(ModelFileError, match="not of the form"):
         load_model(lake, "../elsewhere", tiny_features)
 
@@ -255,9 +270,10 @@ def test_train_stage_saves_the_model_reports_and_warm_starts_from_the_published_
     write_features(lake, tiny_features, "2026-01-05")
     settings = stage_settings(lake_root, name="dann")
     report = training.train_stage(settings, "2026-01-05")
-    card = json.loads((lake.root / "models/ds=2026-01-05/model_card.json").read_text())
+    version = candidate_version(lake, "2026-01-05")
+    card = read_card(lake, version)
     assert report.rows_in == sum(tiny_features.train[d].nnz for d in tiny_features.domains)
-    assert report.metrics["model"] == "dann" and report.metrics["model_version"] == "models/ds=2026-01-05"
+    assert report.metrics["model"] == "dann" and report.metrics["model_version"] == version
     assert report.metrics["examples_per_second"] > 0 and report.bytes_out > 0
     assert card["metrics"]["all"]["ndcg@10"] == report.metrics["validation"]["all"]["ndcg@10"]
     assert card["training"]["warm_started_from"] is None and card["data_window"] == list(tiny_features.window)
@@ -266,22 +282,23 @@ def test_train_stage_saves_the_model_reports_and_warm_starts_from_the_published_
     training.train_stage(settings, "2026-01-05")  # a rerun replaces, never duplicates
     reports = read_run_reports(lake, "2026-01-05").to_pylist()
     assert [(r["stage"], r["status"]) for r in reports] == [("train", "success")]
+    assert candidate_version(lake, "2026-01-05") == version  # bit-repeatable training: the same model
 
-    publish(lake, "2026-01-05", "models/ds=2026-01-05", tiny_features)
+    publish(lake, "2026-01-05", version, tiny_features)
     write_features(lake, tiny_features, "2026-01-06")
     training.train_stage(settings, "2026-01-06")
-    card = json.loads((lake.root / "models/ds=2026-01-06/model_card.json").read_text())
-    assert card["training"]["warm_started_from"] == "models/ds=2026-01-05"
+    card = read_card(lake, candidate_version(lake, "2026-01-06"))
+    assert card["training"]["warm_started_from"] == version
 
 
 def test_auto_keeps_the_best_candidate_and_records_every_score(lake_root, lake, tiny_features):
     write_features(lake, tiny_features, "2026-01-05")
     settings = stage_settings(lake_root, name="auto", candidates=["popularity", "dann"], epochs=4)
     report = training.train_stage(settings, "2026-01-05")
-    card = json.loads((lake.root / "models/ds=2026-01-05/model_card.json").read_text())
+    card = read_card(lake, candidate_version(lake, "2026-01-05"))
     scores = card["selection"]["candidates"]
     assert set(scores) == {"popularity", "dann"}
     assert card["name"] == report.metrics["model"] == max(scores, key=scores.get) == "dann"
     assert card["config"]["name"] == "auto"
-    loaded, _ = load_model(lake, "models/ds=2026-01-05", tiny_features)
+    loaded, _ = load_model(lake, candidate_version(lake, "2026-01-05"), tiny_features)
     assert loaded.name == "dann"
