@@ -79,8 +79,12 @@ class Recommender(nn.Module, ABC):
         return {}
 
 
-def dot_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-    """Scores [users, items] = user_vectors @ item_vectors.T, dense or sparse operands."""
+def dot_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores [users, items] = user_vectors @ item_vectors.T, dense or sparse operands.
+
+    ``out``: a contiguous float32 [users, items] tensor that dense products are written
+    into (a block scorer reuses one: allocating a fresh block per batch costs about as
+    much as the product itself, in page faults); sparse products allocate their own."""
     if user_vectors.layout != torch.strided and item_vectors.layout != torch.strided:
         # Both sparse (item_knn_cross): CSR @ CSR is torch's fast sparse product; an item
         # matrix stored as CSC transposes to CSR for free.
@@ -90,6 +94,8 @@ def dot_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.
         return torch.sparse.mm(item_vectors, dense_users.T).T
     if user_vectors.is_sparse or user_vectors.layout == torch.sparse_csr:
         return torch.sparse.mm(user_vectors, item_vectors.T)
+    if out is not None and user_vectors.dtype == item_vectors.dtype == out.dtype:
+        return torch.matmul(user_vectors, item_vectors.T, out=out)
     return user_vectors @ item_vectors.T
 
 
