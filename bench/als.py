@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from bench.common import REPO, machine, two_tower, write_section
+from bench.common import REPO, figure, machine, save_figure, two_tower, write_section
 from crossrec_core.config import load_settings
 from crossrec_core.datasets import load_pairs, load_recbole
 from crossrec_core.evaluation import evaluate_model
@@ -120,11 +120,27 @@ def scoring_speed(spark, users: int, items: int, rank: int, k: int) -> dict:
             "crossrec_seconds": crossrec_seconds, "speedup": als_seconds / crossrec_seconds}
 
 
+def plot(rows: list[tuple[str, float, float, float]]) -> str:
+    """NDCG@10 of ALS, crossrec's best and item_knn_cross per dataset and segment."""
+    import numpy as np
+
+    fig, ax = figure(8.0, 4.0)
+    x = np.arange(len(rows))
+    for offset, (label, column) in zip((-0.27, 0, 0.27), (("Spark ALS", 1), ("crossrec best", 2), ("item_knn_cross", 3)), strict=True):
+        ax.bar(x + offset, [row[column] for row in rows], 0.27, label=label)
+    ax.set_xticks(x, [row[0] for row in rows], rotation=15, ha="right")
+    ax.set_ylabel("NDCG@10 (full ranking, test)")
+    ax.set_title("Quality against Spark MLlib ALS")
+    ax.legend()
+    return save_figure(fig, "als_quality")
+
+
 def section(results: list[dict], speed: dict, command: str) -> str:
     lines = [SECTION, "", f"`{command}`; {machine()}.", "",
              "Quality, full ranking, NDCG@10 on the test split (ALS: best of rank {32, 64} x regParam {0.01, 0.1} on validation, "
              "10 iterations, implicit preferences, trained on source + target). crossrec columns: means from docs/results/.", "",
              "| dataset | segment | users | ALS | crossrec best | which | item_knn_cross |", "|---|---|---|---|---|---|---|"]
+    bars = []
     for r in results:
         ours = crossrec_rows(r["dataset"])
         for segment, metrics in r["test"].items():
@@ -135,10 +151,12 @@ def section(results: list[dict], speed: dict, command: str) -> str:
             lines.append(f"| {r['dataset']} (ALS rank {r['rank']}, reg {r['reg']}) | {segment} | {metrics['users']:,} | "
                          f"{metrics['ndcg@10']:.4f} | {candidates.get(best, float('nan')):.4f} | {best or 'n/a'} | "
                          f"{ours.get('item_knn_cross', {}).get(segment, float('nan')):.4f} |")
+            bars.append((f"{r['dataset']} {segment}", metrics["ndcg@10"], candidates.get(best, float("nan")),
+                         ours.get("item_knn_cross", {}).get(segment, float("nan"))))
     lines += ["", f"Scoring: {speed['users']:,} users x {speed['items']:,} items, rank {speed['rank']}, K = {speed['k']}: "
               f"ALS `recommendForAllUsers` {speed['als_seconds']:.1f} s (Spark local[2], result consumed by a no-op sink); "
               f"crossrec `scoring.top_k` (torch, 2 threads) {speed['crossrec_seconds']:.1f} s on the same factors: "
-              f"**{speed['speedup']:.1f}x** (goal >= 5x: {'met' if speed['speedup'] >= 5 else 'NOT met'})."]
+              f"**{speed['speedup']:.1f}x** (goal >= 5x: {'met' if speed['speedup'] >= 5 else 'NOT met'}).", "", plot(bars)]
     return "\n".join(lines) + "\n"
 
 

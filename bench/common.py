@@ -22,6 +22,28 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 
 
+def figure(width: float = 7.0, height: float = 4.0):
+    """A new matplotlib figure and axes, drawn off-screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def save_figure(fig, name: str, page: Path = DOCS) -> str:
+    """Save ``fig`` as ``bench/<name>.png`` beside ``page``; return the Markdown that shows it."""
+    import matplotlib.pyplot as plt
+
+    path = page.parent / "bench" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"![{name}](bench/{name}.png)"
+
+
 def write_section(section: str, text: str, page: Path = DOCS) -> None:
     """Replace (or append) the ``section`` heading's part of ``page``, leaving the others alone."""
     current = page.read_text() if page.exists() else "# Benchmarks\n"

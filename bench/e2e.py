@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine, write_section
+from bench.common import figure, machine, save_figure, write_section
 from crossrec_core.config import load_settings
 from crossrec_core.demo import run_nights
 from crossrec_core.ingest.demo_data import EVENTS_PER_USER_PER_DAY, TARGET_VOLUME, generate_demo_data
@@ -46,6 +46,17 @@ def run(events: int, workdir: Path, model: str) -> dict:
     return {"events": events, "users": users, "model": model, "wall_seconds": wall, "stages": stages}
 
 
+def plot(result: dict) -> str:
+    """Seconds per task of the night."""
+    fig, ax = figure(7.0, 3.5)
+    stages = [s for s in result["stages"] if s["seconds"] is not None]
+    labels = [s["stage"] if s["domain"] == "all" else f"{s['stage']} {s['domain']}" for s in stages]
+    ax.barh(labels[::-1], [s["seconds"] for s in stages][::-1])
+    ax.set_xlabel("stage seconds")
+    ax.set_title(f"Nightly run, {result['events']:,} events, model {result['model']}: {result['wall_seconds']:.0f} s wall clock")
+    return save_figure(fig, "e2e")
+
+
 def section(result: dict, command: str) -> str:
     lines = [
         SECTION,
@@ -64,6 +75,8 @@ def section(result: dict, command: str) -> str:
         "",
         f"Whole DAG run, wall clock (Airflow and process start-up included): **{result['wall_seconds']:.0f} s**; "
         f"goal <= {GOAL_SECONDS} s: {met}.",
+        "",
+        plot(result),
     ]
     return "\n".join(lines) + "\n"
 

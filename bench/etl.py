@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import typer
 
-from bench.common import REPO, write_section
+from bench.common import REPO, figure, save_figure, write_section
 from bench.duckdb_clean import clean_partition
 
 SECTION = "## ETL (clean + featurize)"
@@ -157,6 +157,27 @@ def clean_ratio(result: dict) -> float:
     return (result["clean_source"] + result["clean_target"]) / (result["duckdb_clean_source"] + result["duckdb_clean_target"])
 
 
+def plot(results: list[dict]) -> str:
+    """Seconds per stage against raw events (a straight line is linear scaling)."""
+    fig, ax = figure()
+    events = [r["events"] for r in results]
+    series = {
+        "clean source": [r["clean_source"] for r in results],
+        "clean target": [r["clean_target"] for r in results],
+        "featurize": [r["featurize"] for r in results],
+        "end to end": [r["clean_source"] + r["clean_target"] + r["featurize"] for r in results],
+        "DuckDB clean, both domains": [r["duckdb_clean_source"] + r["duckdb_clean_target"] for r in results],
+    }
+    for label, seconds in series.items():
+        ax.plot(events, seconds, marker="o", label=label, linestyle="--" if label.startswith("DuckDB") else "-")
+    ax.set_xlabel("raw events (both domains)")
+    ax.set_ylabel("seconds")
+    ax.set_title("ETL time against input size (Spark local[2])")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, "etl_scaling")
+
+
 def table(results: list[dict], command: str) -> str:
     memory_gib = psutil.virtual_memory().total / 2**30
     lines = [
@@ -164,8 +185,7 @@ def table(results: list[dict], command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"{memory_gib:.0f} GiB, shared with other engineers' jobs while measuring (load average "
-        f"{os.getloadavg()[0]:.1f} at the end), so times are upper bounds.  ",
+        f"{memory_gib:.0f} GiB; load average {os.getloadavg()[0]:.1f} at the end.  ",
         "Data: synthetic, one night; source 70 % of events in 2 Parquet files, target 30 % in 2 CSV files; "
         "0.2 % bad rows, 0.5 % duplicates. Settings: embedded defaults (Spark local[2], driver 2g, 4 shuffle partitions). "
         "events/s = raw events / seconds; end to end = clean source + clean target + featurize (JVM start and a "
@@ -197,6 +217,7 @@ def table(results: list[dict], command: str) -> str:
             f"Goal {largest:,}-event time <= {GOAL_SCALING}x the {smallest:,}-event time: "
             f"{'met' if ratio <= GOAL_SCALING else 'MISSED'} ({ratio:.2f}x)."
         )
+    lines += ["", plot(results)]
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,7 @@ import scipy.sparse as sp
 import torch
 import typer
 
-from bench.common import REPO, write_section
+from bench.common import REPO, figure, save_figure, write_section
 
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
@@ -168,6 +168,22 @@ def end_to_end(model, features: FeatureSet, k: int, block_size: int) -> dict:
     }
 
 
+def plot(blocks: list[dict]) -> str:
+    """Plain matmul and scorer GFLOP/s per block size."""
+    import numpy as np
+
+    fig, ax = figure()
+    x = np.arange(len(blocks))
+    ax.bar(x - 0.2, [b["matmul_gflops"] for b in blocks], 0.4, label="torch matmul (the limit)")
+    ax.bar(x + 0.2, [b["scorer_gflops"] for b in blocks], 0.4, label="crossrec scorer (matmul + exclusion + top-K)")
+    ax.set_xticks(x, [f"{b['block_size']:,}" for b in blocks])
+    ax.set_xlabel("users per block")
+    ax.set_ylabel("effective GFLOP/s")
+    ax.set_title("Scoring throughput against the machine's matmul")
+    ax.legend()
+    return save_figure(fig, "scoring")
+
+
 def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: int) -> str:
     best = max(blocks, key=lambda b: b["ratio"])
     ratio_met = best["ratio"] >= GOAL_RATIO
@@ -201,6 +217,8 @@ def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: in
         f"Goals: scorer/matmul ratio >= {GOAL_RATIO}: {'met' if ratio_met else 'NOT met'} (best wall-clock ratio "
         f"{best['ratio']:.2f} at block size {best['block_size']:,}, CPU-time ratio {best['cpu_ratio']:.2f}); "
         f"whole job <= {GOAL_SECONDS:.0f} s: {'met' if job_met else 'NOT met'} ({job['seconds']:.1f} s).",
+        "",
+        plot(blocks),
     ]
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from bench.common import REPO, write_section
+from bench.common import REPO, figure, save_figure, write_section
 
 SECTION = "## Training throughput"
 MODELS = ("target_only", "joint_mf", "emcdr", "dann", "mmd")
@@ -65,6 +65,21 @@ def measure(model: str, data: Path, epochs: int, threads: int, dim: int, overrid
     }
 
 
+def plot(results: list[dict]) -> str:
+    """Examples/s per model, with the goals."""
+    fig, ax = figure()
+    names = [r["model"] for r in results]
+    ax.bar(names, [r["examples_per_second"] for r in results], color="tab:blue")
+    goals = [(i, GOALS[name]) for i, name in enumerate(names) if name in GOALS]
+    for n, (i, goal) in enumerate(goals):
+        ax.hlines(goal, i - 0.4, i + 0.4, colors="tab:red", label="goal" if n == 0 else None)
+    ax.set_ylabel("training examples / s")
+    ax.set_title("Training throughput, 2 CPU cores")
+    if goals:
+        ax.legend()
+    return save_figure(fig, "train_speed")
+
+
 def table(results: list[dict], command: str, load_before: str) -> str:
     settings = results[0]["settings"]
     lines = [
@@ -72,7 +87,7 @@ def table(results: list[dict], command: str, load_before: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores shared with other jobs, "
+        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
         f"Python {platform.python_version()}, torch {__import__('torch').__version__} (CPU); "
         f"load average before/after: {load_before} / {' '.join(f'{x:.1f}' for x in os.getloadavg())}.  ",
         f"Data: amazon sport -> cloth train split; settings: {', '.join(f'{k}={v}' for k, v in settings.items())}; "
@@ -88,6 +103,7 @@ def table(results: list[dict], command: str, load_before: str) -> str:
             f"| {r['model']} | {r['examples_per_epoch']:,} | {r['examples_per_second']:,.0f} | {r['seconds_per_epoch']:.1f} "
             f"| {r['peak_rss_mib']:,.0f} | {r['data_rss_mib']:,.0f} | {verdict} |"
         )
+    lines += ["", plot(results)]
     return "\n".join(lines) + "\n"
 
 

@@ -31,6 +31,8 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
         assert text.count(section + "\n") == 1, section
     assert "| protocol | users | items |" in text and "20,000" in text
     assert "goal" in text.lower()
+    for plot in ("etl_scaling", "scoring"):  # each drawn beside the page and shown in it
+        assert f"![{plot}](bench/{plot}.png)" in text and (tmp_path / "bench" / f"{plot}.png").stat().st_size > 1000
 
     again = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "eval_speed"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)
