@@ -41,6 +41,8 @@ from bench.duckdb_clean import clean_partition
 SECTION = "## ETL (clean + featurize)"
 DS = "2026-03-10"
 SOURCE, TARGET = "movies", "books"
+# issue 2's goals: >= 150,000 events/s at 5M events, and 5M taking at most 5.5x the 1M time
+GOAL_EVENTS, BASE_EVENTS = 5_000_000, 1_000_000
 GOAL_EVENTS_PER_S = 150_000
 GOAL_SCALING = 5.5
 GOAL_DUCKDB_RATIO = 3
@@ -207,16 +209,19 @@ def table(results: list[dict], command: str) -> str:
                                          f"DuckDB {r['duckdb_clean_source_rows_out'] + r['duckdb_clean_target_rows_out']:,}" for r in results) + ".",
               f"Goal Spark clean within {GOAL_DUCKDB_RATIO}x of DuckDB: {'met' if worst <= GOAL_DUCKDB_RATIO else 'MISSED'} (worst {worst:.1f}x)."]
     totals = {r["events"]: r["clean_source"] + r["clean_target"] + r["featurize"] for r in results}
-    largest, smallest = max(totals), min(totals)
-    rate = largest / totals[largest]
-    lines += ["", f"Goal >= {GOAL_EVENTS_PER_S:,} events/s end to end at {largest:,} events: "
-              f"{'met' if rate >= GOAL_EVENTS_PER_S else 'MISSED'} ({rate:,.0f})."]
-    if largest != smallest:
-        ratio = totals[largest] / totals[smallest]
-        lines.append(
-            f"Goal {largest:,}-event time <= {GOAL_SCALING}x the {smallest:,}-event time: "
-            f"{'met' if ratio <= GOAL_SCALING else 'MISSED'} ({ratio:.2f}x)."
-        )
+    if GOAL_EVENTS in totals:
+        rate = GOAL_EVENTS / totals[GOAL_EVENTS]
+        lines += ["", f"Goal >= {GOAL_EVENTS_PER_S:,} events/s end to end at {GOAL_EVENTS:,} events: "
+                  f"{'met' if rate >= GOAL_EVENTS_PER_S else 'MISSED'} ({rate:,.0f})."]
+        if BASE_EVENTS in totals:
+            ratio = totals[GOAL_EVENTS] / totals[BASE_EVENTS]
+            lines.append(f"Goal {GOAL_EVENTS:,}-event time <= {GOAL_SCALING}x the {BASE_EVENTS:,}-event time: "
+                         f"{'met' if ratio <= GOAL_SCALING else 'MISSED'} ({ratio:.2f}x).")
+    sizes = sorted(totals)
+    if len(sizes) > 1:  # linear means the time grows no faster than the events
+        steps = [f"{big:,} / {small:,}: {totals[big] / totals[small]:.2f}x the time for {big / small:g}x the events"
+                 for small, big in zip(sizes, sizes[1:])]
+        lines.append("Scaling: " + "; ".join(steps) + ".")
     lines += ["", plot(results)]
     return "\n".join(lines) + "\n"
 

@@ -193,8 +193,8 @@ def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: in
         SECTION,
         "",
         f"Command: `{command}`  ",
-        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores shared with "
-        f"other jobs (load average {load[0]:.1f} at the end), Python {platform.python_version()}, "
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores (load average "
+        f"{load[0]:.1f} at the end), Python {platform.python_version()}, "
         f"torch {torch.__version__} (CPU, {threads} threads).  ",
         f"Shape: {shape['users']:,} users x {shape['items']:,} items, d={shape['dim']}, K={shape['k']}, "
         f"{shape['history']} seen items per user excluded; model target_only (random weights).",
