@@ -15,8 +15,8 @@ fallback list (crossrec_core.serving).
 Scoring is exact and memory-bounded: users go in blocks of ``block_size``; a block's
 scores [block_size, n_items] are ``dot_scores(user_vectors, item_vectors)``, written into
 one reused score block (:class:`ScoreBlock`), with the item vectors computed once per
-run; the items a user interacted with in the target
-domain's training data are set to -inf, then the top K are taken. Ties go to the lower
+run; the items a user interacted with in the target domain's training data are set to
+-inf, then the top K are taken. Ties go to the lower
 item key (``crossrec_core.evaluation.top_k``: ``torch.topk``, then a stable sort of the
 K keys in ascending order by descending score, with boundary ties resolved to the lowest
 keys). A user with fewer than K unseen items gets fewer rows; an item scored -inf is

@@ -54,19 +54,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def fake_model_version(ds: str) -> str:
-    """A well-formed model version of night ``ds`` for tests that fake the train stage."""
-    return f"models/ds={ds}/model={ds.replace('-', '')}0000"
+def fake_model_version(ds: str, model: str = "0000") -> str:
+    """A well-formed model version of night ``ds`` for tests that fake the train stage
+    (``model``: 4 hex digits telling two fake models of one night apart)."""
+    return f"models/ds={ds}/model={ds.replace('-', '')}{model}"
 
 
-def write_fake_model(lake, ds: str, card: dict | None = None) -> str:
+def write_fake_model(lake, ds: str, card: dict | None = None, model: str = "0000") -> str:
     """What the train stage leaves for ``ds`` without training: a model directory holding a
     card, and the candidate pointer naming it. Returns the version."""
     import json
 
     from crossrec_core.model_store import CANDIDATE_FILE, CARD_FILE
 
-    version = fake_model_version(ds)
+    version = fake_model_version(ds, model)
     directory = lake.root / version
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CARD_FILE).write_text(json.dumps({"name": "dann", "model_version": version, **(card or {})}))

@@ -13,7 +13,7 @@ from conftest import fake_model_version, write_fake_model
 from crossrec_core.contracts import SCORES, StageStatus
 from crossrec_core.gate import RunFailed, decide, evaluate_stage, latest_published, report_stage
 from crossrec_core.lake import Lake, LakeError, MissingPartitionError
-from crossrec_core.model_store import CANDIDATE_FILE, ModelFileError
+from crossrec_core.model_store import ModelFileError
 from crossrec_core.reports import read_run_reports, stage_run
 from crossrec_core.serving import latest_served, publish_stage
 
@@ -102,10 +102,7 @@ def test_evaluate_without_a_model_names_the_missing_file(lake, gate_settings):
 def test_publish_refuses_scores_of_another_model_than_the_gated_one(lake, gate_settings):
     night(lake, gate_settings, "2026-01-01", 0.2)
     evaluate_stage(gate_settings, "2026-01-01")
-    retrained = fake_model_version("2026-01-01").replace("0000", "1111")
-    (lake.root / retrained).mkdir()
-    (lake.root / retrained / "model_card.json").write_text(json.dumps({"name": "dann", "model_version": retrained}))
-    (lake.root / "models/ds=2026-01-01" / CANDIDATE_FILE).write_text(json.dumps({"model_version": retrained}))
+    write_fake_model(lake, "2026-01-01", model="1111")  # retrained: a new candidate
     evaluate_stage(gate_settings, "2026-01-01")  # the retrained model passes the gate, but nobody re-scored
     with pytest.raises(LakeError, match=r"scores of ds=2026-01-01 domain=books come from \['models/ds=2026-01-01/model=202601010000'\].*re-run the score stage"):
         publish_stage(gate_settings, "2026-01-01")
