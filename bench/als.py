@@ -8,7 +8,7 @@ still gets a factor from their source history; that is ALS's best shot at them),
 and regParam chosen on validation NDCG@10 over a small grid, then evaluated by crossrec's
 own evaluator (full ranking, same splits, same metric code as `crossrec eval`) through
 the ALS factors. Scoring: ALS `recommendForAllUsers(K)` against crossrec's block scorer
-(`scoring.top_k`) on the same factors (same users, items, rank and K).
+(`ranking.top_k_for_users`) on the same factors (same users, items, rank and K).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def scoring_speed(spark, users: int, items: int, rank: int, k: int) -> dict:
     from pyspark.ml.recommendation import ALS
 
     from crossrec_core.data import FeatureSet
-    from crossrec_core.scoring import top_k
+    from crossrec_core.ranking import top_k_for_users as top_k
 
     rng = np.random.default_rng(0)
     rows = rng.integers(0, users, users * 5)
@@ -160,7 +160,7 @@ def section(results: list[dict], speed: dict, command: str) -> str:
                          ours.get("item_knn_cross", {}).get(segment, float("nan"))))
     lines += ["", f"Scoring: {speed['users']:,} users x {speed['items']:,} items, rank {speed['rank']}, K = {speed['k']}: "
               f"ALS `recommendForAllUsers` {speed['als_seconds']:.1f} s (Spark local[2], result consumed by a no-op sink); "
-              f"crossrec `scoring.top_k` (torch, 2 threads) {speed['crossrec_seconds']:.1f} s on the same factors: "
+              f"crossrec `ranking.top_k_for_users` (torch, 2 threads) {speed['crossrec_seconds']:.1f} s on the same factors: "
               f"**{speed['speedup']:.1f}x** (goal >= 5x: {'met' if speed['speedup'] >= 5 else 'NOT met'}).", "", plot(bars)]
     return "\n".join(lines) + "\n"
 

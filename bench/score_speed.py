@@ -9,7 +9,7 @@ Synthetic target domain: ``--users`` users with ``--history`` random target item
 
 * plain torch matmul FLOP/s on the same shapes (user blocks @ item matrix^T into a
   preallocated block, nothing else), the reference;
-* the scorer (``scoring.top_k``: scores, seen-item mask, exact top-K with the tie rule):
+* the scorer (``ranking.top_k_for_users``: scores, seen-item mask, exact top-K with the tie rule):
   users/s and effective FLOP/s = 2 * users * items * dim / seconds, as a ratio to the
   matmul reference;
 * the matmul reference plus torch.topk(K + 1) of each block, nothing else: the ratio a
@@ -137,7 +137,7 @@ def measure_block(model, features: FeatureSet, k: int, block_size: int) -> dict:
         with_top_k = matmul_clocks(users, items, block_size, k)
     keys = np.arange(n_users)
     with peak_rss() as memory, clocks() as spent:
-        scoring.top_k(model, features, "tgt", keys, k, block_size)
+        ranking.top_k_for_users(model, features, "tgt", keys, k, block_size)
     flops = 2 * n_users * n_items * users.shape[1]
     return {
         "block_size": block_size,

@@ -169,12 +169,20 @@ class InteractionBatches:
             yield batch
 
 
-def padded_histories(matrix: sp.csr_matrix, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each user's ``length`` heaviest items (weights are decayed to ds, so the most
-    recent and strongest) as [n_users, length] item keys and weights; padding has
-    item 0 and weight 0, so it never contributes to a pooled vector."""
+def padded_histories(matrix: sp.csr_matrix, length: int, recency: sp.csr_matrix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's ``length`` most recent items (by ``recency``, the event times of the
+    same interactions, where known; else the heaviest: nightly weights are decayed to
+    ds, so the most recent and strongest) as [n_users, length] item keys and weights;
+    padding has item 0 and weight 0, so it never contributes to a pooled vector."""
     rows, columns, values = csr_coordinates(matrix)
-    order = np.lexsort((-values, rows))  # by user, heaviest first
+    rank_by = values
+    if recency is not None:
+        recency = recency.tocsr(copy=True)
+        recency.sum_duplicates()
+        if recency.shape != matrix.shape or recency.nnz != matrix.nnz or not np.array_equal(recency.indices, matrix.indices):
+            raise ValueError(f"recency {recency.shape} with {recency.nnz} entries does not match the interactions {matrix.shape}, {matrix.nnz}")
+        rank_by = recency.data
+    order = np.lexsort((-rank_by, rows))  # by user, first kept first
     rows, columns, values = rows[order], columns[order], values[order]
     position = np.arange(rows.size) - matrix.indptr[rows]
     keep = position < length

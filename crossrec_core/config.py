@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 MODEL_NAMES = ("popularity", "item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd")
-ModelName = Literal["popularity", "item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd"]
+ModelName = Literal["popularity", "item_knn_cross", "ease_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd", "hybrid"]
 
 # Domain names become path segments (raw/domain=NAME/...): keep them to a safe alphabet so
 # that no config value or trigger param can point outside the lake root.
@@ -74,7 +74,7 @@ class SparkSettings(_Section):
 
 
 class ModelSettings(_Section):
-    name: Literal["auto", "popularity", "item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd"]
+    name: ModelName | Literal["auto"]
     candidates: list[ModelName]
     dim: int = Field(ge=1, le=4096)
     epochs: int = Field(ge=1)
@@ -88,6 +88,12 @@ class ModelSettings(_Section):
     negatives: int = Field(default=16, ge=1, description="sampled negatives per training interaction (sampled softmax)")
     cross_negatives: int = Field(ge=1, description="negatives shared by a batch in dann/mmd's cross-domain term (source history -> target items)")
     knn_popularity_exponent: float = Field(ge=0)
+    linear_l2: list[float] = Field(min_length=1, description="ease_cross: ridge penalties tried; the best on validation is kept")
+    linear_keep: int = Field(ge=1, description="ease_cross: weights kept per target item (largest magnitude)")
+    history_pooling: Literal["mean", "attention"] = Field(description="how dann/mmd/hybrid pool a history: weighted mean or attention")
+    alignment_weight: float | None = Field(default=None, ge=0, description="dann/mmd/hybrid alignment term weight; null: the model's own")
+    hybrid_paths: list[Literal["memory", "transfer"]] = Field(min_length=1, description="hybrid: score paths used (ablations)")
+    memory_l2: float = Field(ge=0, description="hybrid: L2 penalty on the item-to-item weights of a batch")
     device: Literal["auto", "cpu", "cuda"]
     warm_start: bool = Field(description="start from the last published model's weights (False: retrain from scratch)")
 

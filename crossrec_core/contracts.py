@@ -26,6 +26,7 @@ class ColumnType(StrEnum):
     FLOAT64 = "float64"
     TIMESTAMP = "timestamp"  # microseconds, UTC
     DATE = "date"
+    STRING_LIST = "list<string>"
 
     def arrow(self) -> pa.DataType:
         return {
@@ -36,6 +37,7 @@ class ColumnType(StrEnum):
             ColumnType.FLOAT64: pa.float64(),
             ColumnType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
             ColumnType.DATE: pa.date32(),
+            ColumnType.STRING_LIST: pa.list_(pa.string()),
         }[self]
 
     def spark(self):  # -> pyspark.sql.types.DataType
@@ -49,6 +51,7 @@ class ColumnType(StrEnum):
             ColumnType.FLOAT64: T.DoubleType(),
             ColumnType.TIMESTAMP: T.TimestampType(),
             ColumnType.DATE: T.DateType(),
+            ColumnType.STRING_LIST: T.ArrayType(T.StringType(), containsNull=False),
         }[self]
 
 
@@ -258,8 +261,12 @@ RECOMMENDATIONS = Table(
         Column("rank", ColumnType.INT32, doc="1..K"),
         Column("item_id", ColumnType.STRING),
         Column("score", ColumnType.FLOAT32),
-        Column("model_version", ColumnType.STRING, doc="models/<ds>/<name>: where the model card lives"),
+        Column("model_version", ColumnType.STRING, doc="model id: models/ds=DS/model=ID holds its card"),
         Column("segment", ColumnType.STRING, doc="a Segment value"),
+        Column(
+            "because", ColumnType.STRING_LIST,
+            doc="up to 3 source item ids that contributed most to the score (item-to-item models; else empty)",
+        ),
     ),
 )
 
@@ -291,7 +298,7 @@ RUN_REPORTS = Table(
     ),
 )
 
-# models/ds=DATE/<model name>/ holds weights (safetensors) and model_card.json.
+# models/ds=DATE/model=ID/ holds the weights (model.pt, loaded with weights_only=True) and model_card.json.
 MODELS_ROOT = "models"
 
 # A dataset's own evaluation set (e.g. CDRIB's valid/test cold-start users), imported

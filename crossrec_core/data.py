@@ -32,6 +32,12 @@ class FeatureSet:
     item_ids: dict[str, np.ndarray]  # item_ids[domain][item_key] -> external id (str)
     train: dict[str, sp.csr_matrix]
     holdout: dict[Segment, sp.csr_matrix] = field(default_factory=dict)
+    # Target interactions known at evaluation time that are not history (e.g. a test
+    # user's validation items): never recommended, never pooled into a user vector.
+    known: sp.csr_matrix | None = None
+    # Per domain, the same sparsity as ``train`` holding event times: histories keep a
+    # user's most recent items (without it, the heaviest weights).
+    recency: dict[str, sp.csr_matrix] = field(default_factory=dict)
     ds: str | None = None
     window: tuple[str, str] | None = None  # first and last day of data, for the model card
 
@@ -49,6 +55,14 @@ class FeatureSet:
     def users_with_history(self, domain: str) -> np.ndarray:
         """User keys with at least one training interaction in ``domain``."""
         return np.flatnonzero(np.diff(self.train[domain].indptr) > 0)
+
+    def excluded(self, domain: str, user_keys: np.ndarray, known: bool = True) -> sp.csr_matrix:
+        """Items never to rank for these users: their training items in ``domain`` and,
+        for the target with ``known``, the known non-history ones (serving's rule)."""
+        matrix = self.train[domain][user_keys]
+        if known and domain == self.target and self.known is not None:
+            matrix = matrix + self.known[user_keys]
+        return matrix
 
     def holdout_users(self, segment: Segment) -> np.ndarray:
         matrix = self.holdout.get(segment)

@@ -6,10 +6,11 @@ then ``model.set_histories(splits.test)`` and evaluate on ``splits.test``: the t
 FeatureSet's training interactions are the validation ones plus what the validation
 split held out of warm users (what is known at test time), so its exclusions are right.
 
-- :func:`load_pairs`: the CDRIB amazon layout (``/work/shared/data/amazon-cloth-sport``):
+- :func:`load_pairs`: the CDRIB amazon layout (e.g. ``../shared/data/amazon-cloth-sport``):
   folder ``<X>_<Y>`` holds domain X's interactions, ``train.txt``/``valid.txt``/``test.txt``
-  of ``user<TAB>item`` ints, user ids shared across folders, item ids per domain.
-  Valid and test users of the target folder are cold-start (no target train rows).
+  of ``user<TAB>item`` ints; user ids below C (the common users) are one person in
+  both folders, the others are per folder; item ids are per domain. Valid and test
+  users of the target folder are cold-start (no target train rows).
 - :func:`load_recbole`: MovieLens-1M in RecBole atomic files, two domains made of genre
   lists, implicit feedback (every rating is an interaction), a temporal warm split and
   a seeded cold-start user split.
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import scipy.sparse as sp
 
-from crossrec_core.contracts import Segment
+from crossrec_core.contracts import HOLDOUT_SPLITS, Segment
 from crossrec_core.data import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -69,65 +71,154 @@ def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]
 
 def _interactions(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray) -> sp.csr_matrix:
     """Binary CSR (implicit feedback: a repeated pair counts once)."""
-    matrix = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
+    return _binary(sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items)))
+
+
+def _latest_times(shape: tuple[int, int], users: np.ndarray, items: np.ndarray, times: np.ndarray) -> sp.csr_matrix:
+    """CSR of the latest time of each (user, item) pair: the order in which histories
+    keep a user's most recent items (FeatureSet.recency)."""
+    order = np.lexsort((-times, items, users))
+    users, items, times = users[order], items[order], times[order]
+    first = np.ones(len(users), dtype=bool)
+    first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+    return sp.csr_matrix((times[first].astype(np.float64), (users[first], items[first])), shape=shape)
+
+
+def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    matrix = sp.csr_matrix(matrix)
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
 
 
-def load_pairs(directory: str | Path, source: str, target: str) -> Splits:
+PairSplit = Literal["cdrib", "disjoint"]
+PAIR_SPLITS: tuple[str, ...] = ("cdrib", "disjoint")
+
+
+def pair_folders(directory: Path, source: str, target: str) -> dict[str, Path]:
+    """Domain -> the CDRIB folder holding its interactions (``<domain>_<other>``)."""
+    return {source: directory / f"{source}_{target}", target: directory / f"{target}_{source}"}
+
+
+def common_user_count(folders: Sequence[Path]) -> int:
+    """C: ids below it are the same person in both domains. The CDRIB preparation
+    numbers the common users first and draws every cold-start (valid/test) user from
+    them, so C = 1 + the largest user id of any valid.txt or test.txt."""
+    largest = -1
+    for path in (folder / f"{split}.txt" for folder in folders for split in HOLDOUT_SPLITS):
+        if path.is_file():
+            users = _read_tsv(path, {"user": pa.int64(), "item": pa.int64()}, header=False)["user"]
+            largest = max(largest, pc.max(users).as_py() if len(users) else -1)
+    if largest < 0:
+        raise ValueError(f"no valid/test rows under {[str(f) for f in folders]}: cannot tell the common users; pass common_users")
+    return largest + 1
+
+
+def pair_user_ids(ids: np.ndarray, domain: str, common_users: int) -> np.ndarray:
+    """External user ids of a CDRIB folder's user numbers: a common user (id < C) keeps
+    its number in both domains, any other user is the domain's own (``<domain>-<id>``)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    text = ids.astype(str).astype(object)
+    own = ids >= common_users
+    text[own] = np.char.add(f"{domain}-", ids[own].astype(str)).astype(object)
+    return text
+
+
+def disjoint_validation(ids: np.ndarray) -> np.ndarray:
+    """True for the user numbers that the ``disjoint`` split puts in validation: a
+    fixed 64-bit mix (splitmix64's finaliser) of the id, even -> validation."""
+    z = np.asarray(ids, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z & np.uint64(1)) == 0
+
+
+def load_pairs(
+    directory: str | Path, source: str, target: str, split: PairSplit = "cdrib", common_users: int | None = None
+) -> Splits:
     """The CDRIB pair ``<source>_<target>`` / ``<target>_<source>`` under ``directory``.
 
-    Train = both folders' ``train.txt``; the valid/test FeatureSets hold the target
-    folder's ``valid.txt``/``test.txt`` as their COLD_START holdout. Item keys are the
-    files' item ids (contiguous per domain), user keys index the sorted user ids."""
+    Train = both folders' ``train.txt``; only user numbers below ``common_users`` (C,
+    detected by :func:`common_user_count` unless given) are one person in both domains.
+    The target folder's cold-start users are split two ways:
+
+    - ``cdrib``: ``valid.txt`` validates, ``test.txt`` is reported, as the files give them
+      (comparable with the papers; most test users are also validation users). A test
+      user's validation items are ``known`` at test time: never ranked (unless the
+      evaluator is asked for CDRIB's unmasked ranking).
+    - ``disjoint``: every cold-start user (valid and test files) goes whole to validation
+      or to test by a hash of the id (:func:`disjoint_validation`); no user is in both.
+
+    Item keys are the files' item ids (contiguous per domain); user keys are the common
+    users in id order, then each domain's own users (:func:`pair_user_ids`) in id order."""
+    if split not in PAIR_SPLITS:
+        raise ValueError(f"split must be one of {PAIR_SPLITS}, got {split!r}")
     started = time.perf_counter()
     directory = Path(directory)
-    folders = {source: directory / f"{source}_{target}", target: directory / f"{target}_{source}"}
+    folders = pair_folders(directory, source, target)
     columns = {"user": pa.int64(), "item": pa.int64()}
     tables = {
-        (domain, split): _read_tsv(folders[domain] / f"{split}.txt", columns, header=False)
-        for domain, splits in ((source, ("train",)), (target, ("train", "valid", "test")))
-        for split in splits
+        (domain, name): _read_tsv(folders[domain] / f"{name}.txt", columns, header=False)
+        for domain, names in ((source, ("train",)), (target, ("train", *HOLDOUT_SPLITS)))
+        for name in names
     }
-    users = {key: table["user"].to_numpy() for key, table in tables.items()}
+    for (domain, name), table in tables.items():
+        for column in ("user", "item"):
+            if len(table) and pc.min(table[column]).as_py() < 0:
+                raise ValueError(f"{folders[domain] / f'{name}.txt'}: negative {column} id {pc.min(table[column]).as_py()}")
+    if common_users is None:
+        common_users = common_user_count(list(folders.values()))
+    numbers = {key: table["user"].to_numpy() for key, table in tables.items()}
     items = {key: table["item"].to_numpy() for key, table in tables.items()}
-    for (domain, split), values in items.items():
-        if values.size and values.min() < 0:
-            raise ValueError(f"{folders[domain] / f'{split}.txt'}: negative item id {values.min()}")
-    user_ids = np.unique(np.concatenate(list(users.values())))
+    # Keys: the common users in id order, then each domain's own users in id order.
+    every = np.concatenate(list(numbers.values()))
+    common = np.unique(every[every < common_users])
+    own = {d: np.unique(np.concatenate([v[v >= common_users] for (dd, _), v in numbers.items() if dd == d])) for d in (source, target)}
+    offsets = {source: common.size, target: common.size + own[source].size}
+    user_ids = np.concatenate([pair_user_ids(common, source, common_users)] + [pair_user_ids(own[d], d, common_users) for d in (source, target)])
     n_items = {domain: int(max(v.max(initial=-1) for (d, _), v in items.items() if d == domain)) + 1 for domain in (source, target)}
 
-    def matrix(domain: str, split: str) -> sp.csr_matrix:
-        key = (domain, split)
-        return _interactions(len(user_ids), n_items[domain], np.searchsorted(user_ids, users[key]), items[key])
+    def matrix(domain: str, name: str, rows: np.ndarray | None = None) -> sp.csr_matrix:
+        key = (domain, name)
+        keep = slice(None) if rows is None else rows
+        users = numbers[key][keep]
+        keys = np.where(users < common_users, np.searchsorted(common, users), offsets[domain] + np.searchsorted(own[domain], users))
+        return _interactions(len(user_ids), n_items[domain], keys, items[key][keep])
 
     train = {source: matrix(source, "train"), target: matrix(target, "train")}
     warm = np.diff(train[target].indptr) > 0
-    splits = {}
-    for split in ("valid", "test"):
-        holdout = matrix(target, split)
-        overlap = np.flatnonzero(warm & (np.diff(holdout.indptr) > 0))
+    for name in HOLDOUT_SPLITS:
+        overlap = np.flatnonzero(warm & (np.diff(matrix(target, name).indptr) > 0))
         if overlap.size:
             raise ValueError(
-                f"{folders[target] / f'{split}.txt'}: {overlap.size} users have target training rows, but this split "
+                f"{folders[target] / f'{name}.txt'}: {overlap.size} users have target training rows, but this split "
                 f"must hold cold-start users only (e.g. user {user_ids[overlap[0]]})"
             )
-        splits[split] = FeatureSet(
-            source=source,
-            target=target,
-            user_ids=user_ids.astype(str).astype(object),
-            item_ids={d: np.arange(n).astype(str).astype(object) for d, n in n_items.items()},
-            train=train,
-            holdout={Segment.COLD_START: holdout},
+    if split == "cdrib":
+        valid_holdout, test_holdout = matrix(target, "valid"), matrix(target, "test")
+        test_users = np.diff(test_holdout.indptr) > 0
+        known = sp.diags(test_users.astype(np.float32)) @ valid_holdout  # test users' validation items
+    else:
+        halves = {
+            part: {name: disjoint_validation(numbers[(target, name)]) == (part == "valid") for name in HOLDOUT_SPLITS}
+            for part in ("valid", "test")
+        }
+        valid_holdout, test_holdout = (
+            _binary(sum(matrix(target, name, halves[part][name]) for name in HOLDOUT_SPLITS)) for part in ("valid", "test")
         )
+        known = None
+    common = {"source": source, "target": target, "user_ids": user_ids, "item_ids": {d: np.arange(n).astype(str).astype(object) for d, n in n_items.items()}, "train": train}
+    valid = FeatureSet(**common, holdout={Segment.COLD_START: valid_holdout})
+    test = FeatureSet(**common, holdout={Segment.COLD_START: test_holdout}, known=known)
+    overlapping = int(np.sum((np.diff(train[source].indptr) > 0) & warm))
     log.info(
-        "loaded %s -> %s from %s: %d users, %s train interactions, %d/%d valid/test cold-start users in %.1fs",
-        source, target, directory, len(user_ids), {d: m.nnz for d, m in train.items()},
-        splits["valid"].holdout_users(Segment.COLD_START).size, splits["test"].holdout_users(Segment.COLD_START).size,
-        time.perf_counter() - started,
+        "loaded %s -> %s from %s (%s split, C=%d common users): %d users, %d active in both domains, %s train "
+        "interactions, %d/%d valid/test cold-start users in %.1fs",
+        source, target, directory, split, common_users, len(user_ids), overlapping, {d: m.nnz for d, m in train.items()},
+        valid.holdout_users(Segment.COLD_START).size, test.holdout_users(Segment.COLD_START).size, time.perf_counter() - started,
     )
-    return Splits(valid=splits["valid"], test=splits["test"])
+    return Splits(valid=valid, test=test)
 
 
 def _genre_domains(items: pa.Table, source_genres: Sequence[str], target_genres: Sequence[str], path: Path) -> pa.Table:
@@ -194,12 +285,14 @@ def load_recbole(
     for name, mask in ((source, ~is_target), (target, is_target)):
         item_ids[name], item_keys[mask] = _encode(ratings["item_id"].filter(pa.array(mask)))
     n_users, n_target = len(user_ids), len(item_ids[target])
+    times = ratings["timestamp"].to_numpy()
     source_train = _interactions(n_users, len(item_ids[source]), user[~is_target], item_keys[~is_target])
+    source_recency = _latest_times(source_train.shape, user[~is_target], item_keys[~is_target], times[~is_target])
 
     # Target interactions in (user, timestamp, item) order; position within the user's history.
-    t_user, t_item, t_time = user[is_target], item_keys[is_target], ratings["timestamp"].to_numpy()[is_target]
+    t_user, t_item, t_time = user[is_target], item_keys[is_target], times[is_target]
     order = np.lexsort((t_item, t_time, t_user))
-    t_user, t_item = t_user[order], t_item[order]
+    t_user, t_item, t_time = t_user[order], t_item[order], t_time[order]
     counts = np.bincount(t_user, minlength=n_users)
     position = np.arange(len(t_user)) - np.repeat(np.cumsum(counts) - counts, counts)
 
@@ -218,6 +311,9 @@ def load_recbole(
     def target_matrix(mask: np.ndarray) -> sp.csr_matrix:
         return _interactions(n_users, n_target, t_user[mask], t_item[mask])
 
+    def target_recency(mask: np.ndarray) -> sp.csr_matrix:
+        return _latest_times((n_users, n_target), t_user[mask], t_item[mask], t_time[mask])
+
     common = {
         "source": source,
         "target": target,
@@ -228,11 +324,13 @@ def load_recbole(
         **common,
         train={source: source_train, target: target_matrix(base_train)},
         holdout={Segment.WARM: target_matrix(warm_valid), Segment.COLD_START: target_matrix(cold_split[t_user] == 1)},
+        recency={source: source_recency, target: target_recency(base_train)},
     )
     test = FeatureSet(
         **common,
         train={source: source_train, target: target_matrix(base_train | warm_valid)},
         holdout={Segment.WARM: target_matrix(warm_test), Segment.COLD_START: target_matrix(cold_split[t_user] == 2)},
+        recency={source: source_recency, target: target_recency(base_train | warm_valid)},
     )
     log.info(
         "loaded %s (%s -> %s) from %s: %d users, %d source items (%d ratings), %d target items (%d ratings), "

@@ -3,8 +3,11 @@
 Two protocols (DESIGN.md, Evaluation):
 
 ``full``
-    every held-out user ranks ALL target items except the items of their own target
-    training history; the top K (K = max(ks)) is compared with their held-out items.
+    every held-out user ranks ALL target items except the items they are known to have
+    (target training history, and ``FeatureSet.known``, e.g. a test user's validation
+    items, as serving does; ``exclude_known=False`` gives CDRIB's unmasked ranking);
+    the top K (K = max(ks)), from the serving top-K code, is compared with their
+    held-out items.
 ``sampled``
     every held-out (user, item) pair is ranked against ``n_negatives`` items drawn
     uniformly, without replacement, from the target items the user never interacted
@@ -13,9 +16,9 @@ Two protocols (DESIGN.md, Evaluation):
     are random.
 
 Ties are broken deterministically: among equal scores the lower item key ranks first
-(:func:`top_k`), in both protocols. Users are scored in blocks of ``block_size`` with
-``dot_scores(model.user_vectors(target, keys), model.item_vectors(target))``, so memory
-is O(block_size x n_items), flat in the number of users. Metric definitions:
+(:func:`crossrec_core.ranking.top_k`), in both protocols. Users are scored in blocks of
+``block_size`` with the model's score hook (``model.score``), so memory is
+O(block_size x n_items), flat in the number of users. Metric definitions:
 :mod:`crossrec_core.metrics`.
 """
 
@@ -33,34 +36,14 @@ import torch
 from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
 from crossrec_core.metrics import PAD, catalog_coverage, hit_rate_at_k, mrr_at_k, ndcg_at_k, recall_at_k
-from crossrec_core.models.base import Recommender, dot_scores
+from crossrec_core.models.base import Recommender
+from crossrec_core.ranking import top_k_for_users
 
 log = logging.getLogger(__name__)
 
 RANKING_METRICS = {"ndcg": ndcg_at_k, "recall": recall_at_k, "hr": hit_rate_at_k, "mrr": mrr_at_k}
 ALL_SEGMENTS = "all"
 Protocol = Literal["full", "sampled"]
-
-
-def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, item keys) of the k best scores per row, best first; among equal scores the
-    lower item key ranks first (``torch.topk`` leaves ties in an unspecified order)."""
-    k = min(k, scores.shape[1])
-    values, indices = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
-    # More than k items score >= the k-th value iff the (k+1)-th equals it: then topk's pick
-    # among the equal items is arbitrary and the lowest keys must be chosen.
-    boundary_tie = values[:, k] == values[:, k - 1] if values.shape[1] > k else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
-    values, indices = values[:, :k], indices[:, :k].contiguous()
-    kth = values[:, -1:]
-    if boundary_tie.any():
-        rows, row_kth = scores[boundary_tie], kth[boundary_tie]
-        above, equal = rows > row_kth, rows == row_kth
-        room = k - above.sum(1, keepdim=True)
-        chosen = above | (equal & (equal.cumsum(1, dtype=torch.int32) <= room))
-        indices[boundary_tie] = chosen.nonzero()[:, 1].view(-1, k)
-    indices = indices.sort(dim=1).values  # ascending keys, so that the stable sort keeps them ascending within ties
-    values, order = scores.gather(1, indices).sort(dim=1, descending=True, stable=True)
-    return values, indices.gather(1, order)
 
 
 def _device_of(model: Recommender, device: str | torch.device | None) -> torch.device:
@@ -74,12 +57,13 @@ def _device_of(model: Recommender, device: str | torch.device | None) -> torch.d
 def _score_blocks(
     model: Recommender, target: str, users: np.ndarray, block_size: int, device: torch.device
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(rows of ``users``, scores [rows, n_target_items]) block by block; NaN is an error."""
+    """(rows of ``users``, scores [rows, n_target_items]) block by block, through the
+    model's score hook; NaN is an error."""
     item_vectors = model.item_vectors(target)
     for start in range(0, len(users), block_size):
         rows = slice(start, start + block_size)
         keys = torch.as_tensor(users[rows], dtype=torch.long, device=device)
-        scores = dot_scores(model.user_vectors(target, keys), item_vectors).float()
+        scores = model.score(target, keys, item_vectors).float()
         if torch.isnan(scores.sum()):  # one cheap reduction; the exact per-row check only when it fires
             bad = users[rows][torch.isnan(scores).any(1).cpu().numpy()]
             raise ValueError(f"model {model.name!r} produced NaN scores for target users {bad[:5].tolist()} (keys)")
@@ -93,20 +77,14 @@ def recommend_top_k(
     k: int,
     block_size: int = 2048,
     device: str | torch.device | None = None,
+    exclude_known: bool = True,
 ) -> np.ndarray:
-    """Target item keys [len(users), k], best first, each user's target training items
-    excluded, ties to the lower key; PAD where a user has fewer than k items left.
-    Call under ``torch.no_grad()`` with the model in eval mode (as evaluate_model does)."""
-    device = _device_of(model, device)
-    train = features.train[features.target]
-    recommended = np.full((len(users), min(k, features.n_items(features.target))), PAD, dtype=np.int64)
-    for rows, scores in _score_blocks(model, features.target, users, block_size, device):
-        seen = train[users[rows]]
-        seen_rows = torch.as_tensor(np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), device=device)
-        scores[seen_rows, torch.as_tensor(seen.indices, dtype=torch.long, device=device)] = -torch.inf
-        values, items = top_k(scores, recommended.shape[1])
-        recommended[rows] = torch.where(values == -torch.inf, PAD, items).cpu().numpy()
-    return recommended
+    """Target item keys [len(users), k], best first, from the serving top-K
+    (:func:`crossrec_core.ranking.top_k_for_users`): each user's target training items
+    and, with ``exclude_known``, their known non-history items (``FeatureSet.known``)
+    never ranked; ties to the lower key; PAD where a user has fewer than k items left."""
+    items, _ = top_k_for_users(model, features, features.target, users, k, block_size, _device_of(model, device), exclude_known)
+    return items
 
 
 def _pair_keys(matrix: sp.csr_matrix) -> np.ndarray:
@@ -219,6 +197,7 @@ def evaluate_model(
     block_size: int = 2048,
     seed: int = 0,
     device: str | torch.device | None = None,
+    exclude_known: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Target-domain metrics per segment and over all evaluated rows.
 
@@ -226,7 +205,7 @@ def evaluate_model(
     "coverage@10": ..., "users": n}, "cold_start": {...}, "all": {...}}``. Segments
     without held-out users are omitted (an empty dict when none has any). ``users``
     counts the metric rows: users (full) or held-out pairs (sampled). ``seed`` drives
-    the negative sampling only."""
+    the negative sampling only. ``exclude_known``: see the full protocol above."""
     if protocol not in ("full", "sampled"):
         raise ValueError(f"protocol must be 'full' or 'sampled', got {protocol!r}")
     if not ks or min(ks) < 1:
@@ -246,7 +225,7 @@ def evaluate_model(
                     continue
                 holdout = features.holdout[segment][users]
                 if protocol == "full":
-                    per_segment[Segment(segment).value] = (recommend_top_k(model, features, users, k, block_size, device), holdout)
+                    per_segment[Segment(segment).value] = (recommend_top_k(model, features, users, k, block_size, device, exclude_known), holdout)
                 else:
                     per_segment[Segment(segment).value] = _sampled_ranking(
                         model, features, users, holdout, n_negatives, k, block_size, device, seed

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rich.console import Console
 
 from crossrec_core.config import ModelSettings
@@ -44,6 +45,7 @@ class ExperimentRun:
     rows: dict[tuple[str, str, str], int] = field(default_factory=dict)  # metric rows: users or pairs
     seconds: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
     epochs: dict[str, list[int | None]] = field(default_factory=lambda: defaultdict(list))
+    validation: dict[str, list[float | None]] = field(default_factory=lambda: defaultdict(list))  # best validation ndcg@10
 
     def records(self) -> list[dict[str, Any]]:
         return [
@@ -70,34 +72,36 @@ def run_experiment(
     ks: Sequence[int] = (10, 20, 50),
     n_negatives: int = 999,
     console: Console | None = None,
+    exclude_known: bool = True,
 ) -> ExperimentRun:
     """Fit and evaluate every model with every seed (see the module docstring)."""
     import crossrec_core.models  # noqa: F401  registers every model
     from crossrec_core.training import fit_model
 
-    unknown = [name for name in models if name not in Recommender.registry]
-    if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(Recommender.registry)}")
+    specs = {label: parse_model_spec(label, model_settings) for label in models}
     console = console or Console(stderr=True)
     run = ExperimentRun(models=list(models), seeds=list(seeds), protocols=list(protocols))
     steps, step = len(models) * len(seeds), 0
-    for name in models:
-        learned = Recommender.registry[name].learned
+    for name, (model_name, variant_settings) in specs.items():
+        learned = Recommender.registry[model_name].learned
         fitted: tuple[Recommender, Any] | None = None
         for seed in seeds:
             step += 1
-            settings = model_settings.model_copy(update={"seed": seed})
+            settings = variant_settings.model_copy(update={"seed": seed})
             started = time.perf_counter()
             if fitted is None or learned:
                 console.print(f"[bold]\\[{step}/{steps}][/] {name}, seed {seed}: fitting")
-                fitted = fit_model(name, splits.valid, settings, progress=console.is_terminal)
+                fitted = fit_model(model_name, splits.valid, settings, progress=console.is_terminal)
                 run.seconds[name]["fit"] += time.perf_counter() - started
                 run.epochs[name].append(len(fitted[1].epochs) if learned else None)
+                run.validation[name].append(fitted[1].best_score)
             model, _ = fitted
             model.set_histories(splits.test)
             started = time.perf_counter()
             for protocol in protocols:
-                results = evaluate_model(model, splits.test, ks=ks, protocol=protocol, n_negatives=n_negatives, seed=seed)
+                results = evaluate_model(
+                    model, splits.test, ks=ks, protocol=protocol, n_negatives=n_negatives, seed=seed, exclude_known=exclude_known
+                )
                 for segment, metrics in results.items():
                     run.rows[(name, protocol, segment)] = int(metrics.pop("users"))
                     for metric, value in metrics.items():
@@ -111,6 +115,27 @@ def run_experiment(
             )
             console.print(f"[bold]\\[{step}/{steps}][/] {name}, seed {seed}: {summary}")
     return run
+
+
+def parse_model_spec(spec: str, model_settings: ModelSettings) -> tuple[str, ModelSettings]:
+    """``name`` or ``name[key=value;key=value]`` (model settings overrides, values in YAML,
+    e.g. ``hybrid[alignment_weight=0]``) -> (registered model name, its settings)."""
+    import crossrec_core.models  # noqa: F401  registers every model
+
+    name, _, rest = spec.partition("[")
+    if name not in Recommender.registry:
+        raise ValueError(f"unknown model {name!r} in {spec!r}; known: {sorted(Recommender.registry)}")
+    if not rest:
+        return name, model_settings
+    if not rest.endswith("]"):
+        raise ValueError(f"model variant {spec!r}: expected name[key=value;...]")
+    updates: dict[str, Any] = {}
+    for assignment in filter(None, rest[:-1].split(";")):
+        key, equals, value = assignment.partition("=")
+        if not equals or key.strip() not in ModelSettings.model_fields:
+            raise ValueError(f"model variant {spec!r}: {assignment!r} is not key=value with a model setting key")
+        updates[key.strip()] = yaml.safe_load(value)
+    return name, ModelSettings.model_validate({**model_settings.model_dump(), **updates})
 
 
 def _segments(run: ExperimentRun, protocol: str) -> list[str]:
@@ -149,8 +174,17 @@ def _markdown(run: ExperimentRun, meta: dict[str, Any]) -> str:
                 ]
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines += ["## Time (seconds, all seeds)", "", "| model | fit | evaluate |", "|---|---|---|"]
-    lines += [f"| {m} | {run.seconds[m]['fit']:.1f} | {run.seconds[m]['evaluate']:.1f} |" for m in run.models]
+    lines += [
+        "## Validation (the split every choice is made on) and time",
+        "",
+        "| model | validation ndcg@10 (per seed) | epochs | fit s (all seeds) | evaluate s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {m} | {', '.join('n/a' if v is None else f'{v:.4f}' for v in run.validation[m])} | "
+        f"{', '.join('-' if e is None else str(e) for e in run.epochs[m])} | {run.seconds[m]['fit']:.1f} | {run.seconds[m]['evaluate']:.1f} |"
+        for m in run.models
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -192,6 +226,7 @@ def write_results(run: ExperimentRun, out: Path, meta: dict[str, Any]) -> list[P
         "meta": {**meta, "seeds": run.seeds, "protocols": run.protocols, "models": run.models},
         "timings_seconds": {m: dict(run.seconds[m]) for m in run.models},
         "epochs_trained": {m: run.epochs[m] for m in run.models},
+        "validation_ndcg_at_10": {m: run.validation[m] for m in run.models},
         "results": run.records(),
     }
     paths[0].write_text(json.dumps(payload, indent=2))

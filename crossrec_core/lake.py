@@ -121,7 +121,9 @@ def _file_stats(path: Path) -> dict[str, Any]:
     meta = pq.ParquetFile(path).metadata
     stats: dict[str, Any] = {"numRecords": meta.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
     for ci in range(meta.num_columns):
-        name = meta.schema.column(ci).name
+        name = meta.schema.column(ci).path
+        if "." in name:  # a nested column's leaf (because.list.element): Delta keeps no stats for lists
+            continue
         nulls, lows, highs = 0, [], []
         for rg in range(meta.num_row_groups):
             s = meta.row_group(rg).column(ci).statistics

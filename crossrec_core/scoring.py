@@ -12,15 +12,15 @@ The users of the run are every user of the night's key index (features/ds=DS/use
 Ids outside the key index have no rows; ``crossrec recs`` serves them the partition's
 fallback list (crossrec_core.serving).
 
-Scoring is exact and memory-bounded: users go in blocks of ``block_size``; a block's
-scores [block_size, n_items] are ``dot_scores(user_vectors, item_vectors)``, written into
-one reused score block (:class:`ScoreBlock`), with the item vectors computed once per
-run; the items a user interacted with in the target domain's training data are set to
--inf, then the top K are taken. Ties go to the lower
-item key (``crossrec_core.evaluation.top_k``: ``torch.topk``, then a stable sort of the
-K keys in ascending order by descending score, with boundary ties resolved to the lowest
-keys). A user with fewer than K unseen items gets fewer rows; an item scored -inf is
-never recommended; a NaN score is an error naming the users.
+Scoring is exact and memory-bounded: users go in blocks of ``block_size`` through the
+one top-K (:func:`crossrec_core.ranking.block_top_k`, also behind the offline metrics):
+the model's score hook fills one reused score block with the item vectors computed once
+per run, the items a user interacted with in the target domain's training data are set
+to -inf, the top K are taken, ties to the lower item key. A user with fewer than K
+unseen items gets fewer rows; an item scored -inf is never recommended; a NaN score is
+an error naming the users. Models with an item-to-item path (``model.explain``) give
+every row the ids of up to ``EXPLANATION_ITEMS`` source items behind it (``because``;
+empty for other models).
 
 Two backends run the SAME block function (:meth:`RunScorer.score`, one Arrow batch of
 users in, one Arrow batch of rows out): ``local`` (one process; CUDA when present) and
@@ -47,13 +47,13 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from crossrec_core import evaluation
 from crossrec_core.config import ScoreSettings, Settings
 from crossrec_core.contracts import SCORES, USER_KEYS, Segment, StageStatus
 from crossrec_core.data import FeatureSet
 from crossrec_core.lake import Lake, dir_size
 from crossrec_core.metrics import PAD
-from crossrec_core.models.base import Recommender, build_model, dot_scores
+from crossrec_core.models.base import Recommender, build_model
+from crossrec_core.ranking import ScoreBlock, block_top_k
 from crossrec_core.reports import StageReport, stage_run
 
 log = logging.getLogger(__name__)
@@ -61,79 +61,7 @@ log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0  # a long run logs its progress this often
 ROW_GROUP_ROWS = 128 * 1024  # Parquet row group size of the scores (rows)
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
-
-
-# ---- the block function ------------------------------------------------------------------
-class ScoreBlock:
-    """One reusable [rows, n_items] float32 score block per scorer: the dense product of
-    every batch of users lands in the same memory (a fresh 800 MB block per batch of
-    4,096 users x 50,000 items doubled the time of the product, in page faults)."""
-
-    def __init__(self) -> None:
-        self.data: torch.Tensor | None = None
-
-    def take(self, rows: int, items: int, device: torch.device) -> torch.Tensor:
-        if self.data is None or self.data.shape[0] < rows or self.data.shape[1] != items or self.data.device != device:
-            self.data = torch.empty((rows, items), dtype=torch.float32, device=device)
-        return self.data[:rows]
-
-
-def block_top_k(
-    model: Recommender,
-    item_vectors: torch.Tensor,
-    domain: str,
-    user_keys: np.ndarray,
-    seen: sp.csr_matrix,
-    k: int,
-    device: torch.device,
-    block: ScoreBlock,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of one block of users: (item keys [n, k'] int64, scores [n, k'] float32),
-    k' = min(k, n_items); ``seen`` rows (one per user) are excluded. Slots beyond a
-    user's unseen items hold item ``PAD`` (-1) and score -inf. The scores are computed
-    in ``block``'s memory."""
-    keys = torch.as_tensor(user_keys, dtype=torch.long, device=device)
-    out = block.take(len(keys), item_vectors.shape[0], device)
-    scores = dot_scores(model.user_vectors(domain, keys), item_vectors, out=out).float()
-    if seen.nnz:
-        rows = torch.as_tensor(np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), device=device)
-        scores[rows, torch.as_tensor(seen.indices, dtype=torch.long, device=device)] = -torch.inf
-    values, items = evaluation.top_k(scores, k)
-    nan_rows = torch.isnan(values).any(1)  # torch.topk ranks NaN above every number
-    if nan_rows.any():
-        bad = np.asarray(user_keys)[nan_rows.cpu().numpy()]
-        raise ValueError(f"model {model.name!r} produced NaN scores in domain {domain!r} for user keys {bad[:5].tolist()}")
-    items = torch.where(values == -torch.inf, PAD, items)
-    return items.cpu().numpy(), values.cpu().numpy()
-
-
-def top_k(
-    model: Recommender,
-    features: FeatureSet,
-    domain: str,
-    user_keys: np.ndarray,
-    k: int,
-    block_size: int,
-    device: str | torch.device = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """(item keys [n, k'] int64, scores [n, k'] float32), best first, for ``user_keys``,
-    each user's ``features.train[domain]`` items excluded, ties to the lower item key;
-    k' = min(k, n_items); ``PAD``/-inf fill the slots of users with fewer unseen items.
-    Memory: one [block_size, n_items] score block, reused."""
-    device = torch.device(device)
-    user_keys = np.asarray(user_keys, dtype=np.int64)
-    train = features.train[domain]
-    width = min(k, features.n_items(domain))
-    items = np.full((len(user_keys), width), PAD, dtype=np.int64)
-    scores = np.full((len(user_keys), width), -np.inf, dtype=np.float32)
-    block = ScoreBlock()
-    with torch.no_grad():
-        item_vectors = model.item_vectors(domain)
-        for start in range(0, len(user_keys), block_size):
-            users = user_keys[start : start + block_size]
-            rows = slice(start, start + len(users))
-            items[rows], scores[rows] = block_top_k(model, item_vectors, domain, users, train[users], k, device, block)
-    return items, scores
+EXPLANATION_ITEMS = 3  # source items named per recommendation (``because``)
 
 
 # ---- the users of the run, as Arrow batches -----------------------------------------------
@@ -180,6 +108,7 @@ class RunScorer:
     fallback: Recommender
     fallback_vectors: torch.Tensor
     item_ids: pa.Array  # external ids of the domain's items, by key
+    source_item_ids: pa.Array  # external ids of the source domain's items (``because``)
     model_version: str
     k: int
     device: torch.device
@@ -200,7 +129,8 @@ class RunScorer:
             )
         return cls(
             domain, model, item_vectors, fallback, fallback_vectors,
-            pa.array(features.item_ids[domain], pa.string()), model_version, settings.score.k, device,
+            pa.array(features.item_ids[domain], pa.string()), pa.array(features.item_ids[features.source], pa.string()),
+            model_version, settings.score.k, device,
         )
 
     def to(self, device: torch.device) -> RunScorer:
@@ -218,12 +148,19 @@ class RunScorer:
         width = min(self.k, len(self.item_ids))
         items = np.full((n, width), PAD, dtype=np.int64)
         scores = np.full((n, width), -np.inf, dtype=np.float32)
+        because = np.full((n, width, EXPLANATION_ITEMS), -1, dtype=np.int64)
         is_fallback = segments.to_numpy(zero_copy_only=False) == Segment.FALLBACK.value
         with torch.no_grad():
             for model, vectors, chosen in ((self.model, self.item_vectors, ~is_fallback), (self.fallback, self.fallback_vectors, is_fallback)):
                 rows = np.flatnonzero(chosen)
                 if rows.size:
                     items[rows], scores[rows] = block_top_k(model, vectors, self.domain, keys[rows], seen[rows], self.k, self.device, self.block)
+                    reasons = model.explain(
+                        self.domain, torch.as_tensor(keys[rows], device=self.device),
+                        torch.as_tensor(items[rows], device=self.device), EXPLANATION_ITEMS,
+                    )
+                    if reasons is not None:
+                        because[rows] = reasons.cpu().numpy()
         valid = items != PAD  # a prefix of each row: -inf sorts last
         row, slot = np.nonzero(valid)
         return pa.RecordBatch.from_arrays(
@@ -234,9 +171,17 @@ class RunScorer:
                 pa.array(scores[valid], pa.float32()),
                 pa.repeat(self.model_version, len(row)),
                 segments.take(row),
+                _id_lists(because[valid], self.source_item_ids),
             ],
             schema=SCORES.arrow_schema(),
         )
+
+
+def _id_lists(keys: np.ndarray, ids: pa.Array) -> pa.ListArray:
+    """list<string> per row of [rows, n] item keys, -1 slots left out."""
+    present = keys >= 0
+    offsets = np.concatenate([[0], np.cumsum(present.sum(1))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), ids.take(pa.array(keys[present], pa.int64())))
 
 
 # ---- running it --------------------------------------------------------------------------

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 GATE_FILE = "gate.json"  # written by the evaluate stage (crossrec_core.gate) beside the model
 DELTA_TABLES = (RECOMMENDATIONS, RUN_REPORTS)
-SERVED_COLUMNS = ["rank", "item_id", "score", "model_version", "segment"]
+SERVED_COLUMNS = ["rank", "item_id", "score", "model_version", "segment", "because"]
 
 
 # ---- the gate's decision ------------------------------------------------------------
@@ -231,7 +231,7 @@ class UserRecommendations:
             "table_version": self.table_version,
             "model_version": self.model_version,
             "segment": self.segment,
-            "recommendations": self.rows.select(["rank", "item_id", "score"]).to_pylist(),
+            "recommendations": self.rows.select(["rank", "item_id", "score", "because"]).to_pylist(),
         }
 
 

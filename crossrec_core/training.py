@@ -122,6 +122,8 @@ def warm_start(model: Recommender, old_state: dict[str, torch.Tensor]) -> list[s
     copied = []
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
+            if name in model.not_warm_started:
+                continue
             old = old_state.get(name)
             if old is None or old.dim() != tensor.dim() or old.shape[1:] != tensor.shape[1:]:
                 continue
@@ -200,19 +202,31 @@ def fit_model(
     torch.manual_seed(model_settings.seed)
     model = build_model(name, features, model_settings).to(device)
     if not model.learned:
-        history = TrainingHistory(name=name, n_examples=sum(int(features.train[d].nnz) for d in features.domains))
-        started = time.perf_counter()
-        model.fit_fixed(features)
-        fit_seconds = time.perf_counter() - started
-        history.validation = validate(model, features, device)
-        history.best_score = validation_score(history.validation)
-        history.best_epoch = 1
-        history.epochs.append({"epoch": 1, "train_seconds": fit_seconds, "validation": history.validation})
-        log.info("%s fitted in %.1f s, validation %s=%s", name, fit_seconds, VALIDATION_METRIC, history.best_score)
-        return model, history
+        return _fit_fixed(name, model, features, model_settings, device)
     with _deterministic(device):
         history = _train(model, features, model_settings, device, checkpoint_dir, warm_start_from, progress, metrics_log)
     return model, history
+
+
+def _fit_fixed(
+    name: str, model: Recommender, features: FeatureSet, model_settings: ModelSettings, device: torch.device
+) -> tuple[Recommender, TrainingHistory]:
+    """Fit a closed-form model once per entry of its tuning grid; keep the best on
+    target validation (one "epoch" per grid entry in the history)."""
+    history = TrainingHistory(name=name, n_examples=sum(int(features.train[d].nnz) for d in features.domains))
+    best = model
+    for trial, update in enumerate(model.tuning_grid(), start=1):
+        candidate = build_model(name, features, model_settings.model_copy(update=update)).to(device) if update else model
+        started = time.perf_counter()
+        candidate.fit_fixed(features)
+        fit_seconds = time.perf_counter() - started
+        metrics = validate(candidate, features, device)
+        score = validation_score(metrics)
+        history.epochs.append({"epoch": trial, "settings": update, "train_seconds": fit_seconds, "validation": metrics})
+        log.info("%s %s fitted in %.1f s, validation %s=%s", name, update or "", fit_seconds, VALIDATION_METRIC, score)
+        if history.best_score is None or (score is not None and score > history.best_score):
+            best, history.best_epoch, history.best_score, history.validation = candidate, trial, score, metrics
+    return best, history
 
 
 def _train(

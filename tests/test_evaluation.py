@@ -12,7 +12,8 @@ import torch
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
-from crossrec_core.evaluation import evaluate_model, recommend_top_k, sample_negatives, top_k
+from crossrec_core.evaluation import evaluate_model, recommend_top_k, sample_negatives
+from crossrec_core.ranking import top_k
 from crossrec_core.metrics import PAD
 from crossrec_core.models.base import Recommender
 
@@ -183,7 +184,7 @@ def test_nan_scores_name_the_users():
     features = random_features(7)
     model = FixedVectors(features, 7)
     model.users[features.holdout_users(Segment.COLD_START)[0]] = float("nan")
-    with pytest.raises(ValueError, match="produced NaN scores for target users"):
+    with pytest.raises(ValueError, match="produced NaN scores"):
         evaluate_model(model, features, ks=(5,))
     with pytest.raises(ValueError, match="protocol must be 'full' or 'sampled'"):
         evaluate_model(model, features, protocol="pairs")
@@ -213,7 +214,7 @@ def test_load_pairs_builds_valid_and_test_views(tiny_features, tmp_path):
     from crossrec_core.datasets import load_pairs
 
     write_pairs(tmp_path, tiny_features)
-    splits = load_pairs(tmp_path, "src", "tgt")
+    splits = load_pairs(tmp_path, "src", "tgt", common_users=tiny_features.n_users)  # the fixture's users are one index
     cold = tiny_features.holdout[Segment.COLD_START]
     valid_users, test_users = (s.holdout_users(Segment.COLD_START) for s in (splits.valid, splits.test))
     # User ids are the integers of the files; sorted ids -> keys, here the identity.
@@ -234,7 +235,7 @@ def test_load_pairs_rejects_warm_users_in_the_cold_start_split_and_bad_rows(tiny
     original = test_file.read_text()
     test_file.write_text(original + "50\t1\n")  # user 50 is warm: has target training rows
     with pytest.raises(ValueError, match=r"tgt_src/test.txt: 1 users have target training rows.*e.g. user 50"):
-        load_pairs(tmp_path, "src", "tgt")
+        load_pairs(tmp_path, "src", "tgt", common_users=120)
     test_file.write_text(original + "7\tseven\n")
     with pytest.raises(ValueError, match=r"tgt_src/test.txt: .*seven"):
         load_pairs(tmp_path, "src", "tgt")
@@ -292,22 +293,23 @@ def test_crossrec_eval_pairs_writes_results_table_and_chart(tiny_features, tmp_p
     write_pairs(tmp_path / "data", tiny_features)
     out = tmp_path / "out"
     args = ["eval", "pairs", str(tmp_path / "data"), "--source", "src", "--target", "tgt", "--models", "popularity,item_knn_cross",
-            "--seeds", "2", "--negatives", "5", "--ks", "5,10", "--out", str(out)]
+            "--seeds", "2", "--negatives", "5", "--ks", "5,10", "--out", str(out), "--split", "cdrib",
+            "--common-users", str(tiny_features.n_users)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    payload = json.loads((out / "results.json").read_text())
+    payload = json.loads((out / "cdrib" / "results.json").read_text())
     records = {(r["model"], r["protocol"], r["segment"], r["metric"]): r for r in payload["results"]}
     assert {(m, p) for m, p, _, _ in records} == {(m, p) for m in ("popularity", "item_knn_cross") for p in ("full", "sampled")}
     assert all(len(r["values"]) == 2 for r in records.values())
     # The runner fits on the validation view and reports the test view.
-    splits = load_pairs(tmp_path / "data", "src", "tgt")
+    splits = load_pairs(tmp_path / "data", "src", "tgt", common_users=tiny_features.n_users)
     model = ItemKnnCross(splits.valid, load_settings().model)
     model.fit_fixed(splits.valid)
     model.set_histories(splits.test)
     expected = evaluate_model(model, splits.test, ks=(5, 10))["cold_start"]["ndcg@10"]
     assert records[("item_knn_cross", "full", "cold_start", "ndcg@10")]["mean"] == pytest.approx(expected)
     assert records[("item_knn_cross", "full", "cold_start", "ndcg@10")]["std"] == 0.0
-    table = (out / "results.md").read_text()
+    table = (out / "cdrib" / "results.md").read_text()
     assert "## full protocol, cold_start" in table and "## sampled protocol, cold_start" in table
     assert "| item_knn_cross | " in table and "crossrec eval pairs" in table
-    assert (out / "ndcg_at_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "cdrib" / "ndcg_at_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

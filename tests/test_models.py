@@ -154,10 +154,10 @@ def test_cold_start_users_are_served_from_their_source_side(tiny_features):
         assert torch.equal(emcdr.user_vectors("tgt", warm), emcdr.users["tgt"](warm))
     dann = build_model("dann", tiny_features, model_settings())
     with torch.no_grad():
-        assert torch.equal(dann.user_vectors("tgt", cold), dann.encode("src", cold) / TEMPERATURE)
-        assert torch.equal(dann.user_vectors("tgt", target_only), dann.encode("tgt", target_only) / TEMPERATURE)
+        assert torch.equal(dann.user_vectors("tgt", cold), dann.encode("src", cold) * dann.logit_scale())
+        assert torch.equal(dann.user_vectors("tgt", target_only), dann.encode("tgt", target_only) * dann.logit_scale())
         both = torch.nn.functional.normalize(dann.encode("tgt", warm) + dann.encode("src", warm), dim=-1)
-        assert torch.allclose(dann.user_vectors("tgt", warm), both / TEMPERATURE)
+        assert torch.allclose(dann.user_vectors("tgt", warm), both * dann.logit_scale())
 
 
 def test_history_encoding_excludes_the_positive(tiny_features):

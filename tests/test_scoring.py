@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 from conftest import fake_model_version, write_gate
 
-from crossrec_core import scoring
+from crossrec_core import ranking, scoring
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import SCORES, Segment, StageStatus
 from crossrec_core.data import FeatureSet
@@ -75,7 +75,7 @@ def test_top_k_equals_brute_force_with_seen_items_excluded_and_ties_to_the_lower
     model = FixedTwoTower(features, users, items)
     user_keys = rng.permutation(40)[:31]
 
-    got_items, got_scores = scoring.top_k(model, features, "tgt", user_keys, k=6, block_size=block_size)
+    got_items, got_scores = ranking.top_k_for_users(model, features, "tgt", user_keys, k=6, block_size=block_size)
 
     seen = features.train["tgt"].toarray() > 0
     want_items, want_scores = brute_force((users @ items.T).numpy()[user_keys], seen[user_keys], k=6)
@@ -93,7 +93,7 @@ def test_top_k_of_a_sparse_model_equals_brute_force(tiny_features):
     with torch.no_grad():
         full = dot_scores(model.user_vectors("tgt", torch.as_tensor(keys)), model.item_vectors("tgt")).numpy()
 
-    got_items, got_scores = scoring.top_k(model, tiny_features, "tgt", keys, k=8, block_size=32)
+    got_items, got_scores = ranking.top_k_for_users(model, tiny_features, "tgt", keys, k=8, block_size=32)
 
     want_items, want_scores = brute_force(full, tiny_features.train["tgt"].toarray() > 0, k=8)
     np.testing.assert_array_equal(got_items, want_items)
@@ -106,7 +106,7 @@ def test_nan_scores_fail_naming_the_users():
     users[3] = torch.nan
     model = FixedTwoTower(features, users, torch.ones(4, 2))
     with pytest.raises(ValueError, match=r"NaN scores.*user keys \[3\]"):
-        scoring.top_k(model, features, "tgt", np.arange(5), k=2, block_size=2)
+        ranking.top_k_for_users(model, features, "tgt", np.arange(5), k=2, block_size=2)
 
 
 def with_ghost_users(features: FeatureSet, n_ghosts: int) -> FeatureSet:
@@ -163,7 +163,7 @@ def test_every_user_of_the_key_index_gets_a_list_of_their_segment(lake_root, lak
     assert segment_by_user["u3"] == "cold_start" and segment_by_user["u15"] == "warm" and segment_by_user["ghost0"] == "fallback"
 
     # Model users: the model's exact top-K, never an item of their target history.
-    items, scores = scoring.top_k(model, features, "tgt", np.array([15]), k=5, block_size=4)
+    items, scores = ranking.top_k_for_users(model, features, "tgt", np.array([15]), k=5, block_size=4)
     u15 = rows.filter(pc.equal(rows["user_id"], "u15"))
     assert u15["rank"].to_pylist() == [1, 2, 3, 4, 5]
     assert u15["item_id"].to_pylist() == features.item_ids["tgt"][items[0]].tolist()

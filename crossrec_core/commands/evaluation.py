@@ -12,7 +12,15 @@ from crossrec_core.commands.common import ConfigOption, console, err_console, se
 
 ModelsOption = Annotated[
     str,
-    typer.Option("--models", help="comma-separated model names, e.g. popularity,item_knn_cross,target_only,joint_mf,emcdr,dann,mmd"),
+    typer.Option(
+        "--models",
+        help="comma-separated model names, e.g. popularity,item_knn_cross,ease_cross,target_only,joint_mf,emcdr,dann,mmd,hybrid; "
+        "a variant overrides model settings: 'hybrid[alignment_weight=0;history_pooling=attention]'",
+    ),
+]
+UnmaskedOption = Annotated[
+    bool,
+    typer.Option("--unmasked", help="CDRIB's ranking: a test user's known validation items are ranked too (default: excluded, as serving does)"),
 ]
 SeedsOption = Annotated[int, typer.Option("--seeds", min=1, help="runs per model; seeds are the config's model.seed + 0, 1, ...")]
 OutOption = Annotated[Path, typer.Option("--out", help="output directory: results.json, results.md, ndcg_at_10.png")]
@@ -23,7 +31,16 @@ KsOption = Annotated[str, typer.Option("--ks", help="comma-separated cut-offs K"
 
 
 def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    """Comma-separated parts; commas inside a variant's brackets do not split."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [part.strip() for part in [*parts, current] if part.strip()]
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -37,7 +54,10 @@ def _command_line(ctx: click.Context) -> str:
     return " ".join(parts)
 
 
-def _run(ctx: click.Context, splits, dataset: str, models: str, seeds: int, out: Path, protocol: str, epochs, negatives, ks, config) -> None:
+def _run(
+    ctx: click.Context, splits, dataset: str, models: str, seeds: int, out: Path, protocol: str, epochs, negatives, ks, config,
+    unmasked: bool = False,
+) -> None:
     from crossrec_core.experiments import run_experiment, write_results
 
     protocols = _split(protocol)
@@ -55,8 +75,14 @@ def _run(ctx: click.Context, splits, dataset: str, models: str, seeds: int, out:
         ks=cutoffs,
         n_negatives=negatives,
         console=err_console,
+        exclude_known=not unmasked,
     )
-    meta = {"dataset": dataset, "command": _command_line(ctx), "model_settings": model_settings.model_dump(mode="json")}
+    meta = {
+        "dataset": dataset,
+        "command": _command_line(ctx),
+        "ranking": "unmasked (CDRIB: known validation items ranked)" if unmasked else "known interactions excluded (as served)",
+        "model_settings": model_settings.model_dump(mode="json"),
+    }
     for path in write_results(run, out, meta):
         console.print(f"wrote {path}")
 
@@ -78,14 +104,22 @@ def register(app: typer.Typer) -> None:
         epochs: EpochsOption = None,
         negatives: NegativesOption = 999,
         ks: KsOption = "10,20,50",
+        split: Annotated[str, typer.Option("--split", help="comma-separated cold-start user splits: cdrib (the files' valid/test), disjoint (no user in both, by a hash of the id); each writes OUT/<split>/")] = "cdrib,disjoint",
+        common_users: Annotated[int | None, typer.Option("--common-users", min=0, help="C: user ids below it are one person in both domains (default: detected from the files)")] = None,
+        unmasked: UnmaskedOption = False,
         config: ConfigOption = None,
     ) -> None:
-        """A cross-domain pair with cold-start test users (e.g. amazon cloth/sport): the
-        target folder's valid.txt tunes and early-stops, test.txt is reported."""
-        from crossrec_core.datasets import load_pairs
+        """A cross-domain pair with cold-start test users (e.g. amazon cloth/sport): each
+        split's validation users tune and early-stop, its test users are reported."""
+        from crossrec_core.datasets import PAIR_SPLITS, load_pairs
 
-        splits = load_pairs(directory, source, target)
-        _run(ctx, splits, f"{directory} ({source} -> {target})", models, seeds, out, protocol, epochs, negatives, ks, config)
+        chosen = _split(split)
+        if not chosen or any(s not in PAIR_SPLITS for s in chosen):
+            raise typer.BadParameter(f"--split takes {', '.join(PAIR_SPLITS)}, got {split!r}")
+        for name in chosen:
+            splits = load_pairs(directory, source, target, split=name, common_users=common_users)
+            dataset = f"{directory} ({source} -> {target}, {name} split)"
+            _run(ctx, splits, dataset, models, seeds, out / name, protocol, epochs, negatives, ks, config, unmasked)
 
     @eval_app.command("recbole")
     def recbole(

@@ -53,10 +53,14 @@ def register(app: typer.Typer) -> None:
         days: Annotated[int, typer.Option("--days", help="spread the interactions over this many days")] = 14,
         end_date: Annotated[str | None, typer.Option("--end-date", help="last day YYYY-MM-DD (default: yesterday, UTC)")] = None,
         seed: Annotated[int, typer.Option("--seed", help="seed of the synthetic timestamps")] = 0,
+        common_users: Annotated[int | None, typer.Option("--common-users", min=0, help="C: user ids below it are one person in both domains (default: 1 + the largest id of any valid/test file)")] = None,
         config: ConfigOption = None,
         lake: LakeOption = None,
     ) -> None:
         """Import a user_id<TAB>item_id cross-domain pair (e.g. Amazon cloth/sport of CDRIB).
+
+        Only user ids below C (the common users) are the same person in both domains;
+        every other id is the domain's own and lands as ``<domain>-<id>``.
 
         The dataset has no timestamps, so the ones landed are SYNTHETIC: every train
         interaction gets a random second of a random one of the DAYS days ending at
@@ -67,7 +71,7 @@ def register(app: typer.Typer) -> None:
         from crossrec_core.lake import Lake
 
         settings = settings_from(config, lake)
-        summary = import_pairs(Lake(settings.lake), directory, source, target, days, end_date, seed)
+        summary = import_pairs(Lake(settings.lake), directory, source, target, days, end_date, seed, common_users)
         print_summary(f"import pairs {directory} -> {settings.lake} (synthetic timestamps)", summary)
         _pipeline_hint(source, target)
 

@@ -74,8 +74,9 @@ def register(app: typer.Typer) -> None:
         examples = demo_job.example_users(the_lake, settings.target, nights[-1])
         for segment in ("warm", "cold_start"):
             if segment in examples:
-                console.print(f"a {segment} user: `crossrec recs {examples[segment]}`")
-                show_recommendations(user_recommendations(the_lake, examples[segment], settings.target, ds=nights[-1], k=10))
+                why = segment == "cold_start"
+                console.print(f"a {segment} user: `crossrec recs {examples[segment]}{' --why' if why else ''}`")
+                show_recommendations(user_recommendations(the_lake, examples[segment], settings.target, ds=nights[-1], k=10), why)
         report = RichTable(title=f"run report of {nights[-1]}")
         for column in ("stage", "domain", "status", "rows in", "rows out", "quarantined", "seconds"):
             report.add_column(column)

@@ -20,18 +20,21 @@ class OutputFormat(StrEnum):
     JSON = "json"
 
 
-def show_recommendations(result) -> None:
-    """Print a ``UserRecommendations`` list as a table (rank, item, score, segment)."""
+def show_recommendations(result, why: bool = False) -> None:
+    """Print a ``UserRecommendations`` list as a table (rank, item, score, segment; with
+    ``why``, the source items behind each recommendation)."""
     if not result.rows.num_rows:
         return
     table = RichTable(
         title=Text(f"recommendations for {result.user_id!r}" if result.known else "fallback (popularity) list"),
         caption=Text(f"ds {result.ds} · domain {result.domain} · model {result.model_version} · table version {result.table_version}"),
     )
-    for column in ("rank", "item", "score", "segment"):
+    columns = ("rank", "item", "score", "segment", "because you liked") if why else ("rank", "item", "score", "segment")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("rank", "score") else "left")
     for row in result.rows.to_pylist():
-        table.add_row(*map(Text, (str(row["rank"]), row["item_id"], f"{row['score']:.4f}", row["segment"])))
+        cells = [str(row["rank"]), row["item_id"], f"{row['score']:.4f}", row["segment"]]
+        table.add_row(*map(Text, cells + ([", ".join(row["because"] or []) or "-"] if why else [])))
     console.print(table)
 
 
@@ -44,10 +47,12 @@ def register(app: typer.Typer) -> None:
         version: Annotated[int | None, typer.Option("--version", min=0, help="Delta table version (time travel; default: latest)")] = None,
         k: Annotated[int, typer.Option("-k", min=1, help="how many recommendations")] = 10,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON (for machines)")] = False,
+        why: Annotated[bool, typer.Option("--why", help="show the source items behind each recommendation (item-to-item models)")] = False,
         config: ConfigOption = None,
         lake: LakeOption = None,
     ) -> None:
-        """A user's recommendations. Exit code 1 when the user has no list (unknown)."""
+        """A user's recommendations (with --why, "because you liked" source items). Exit
+        code 1 when the user has no list (unknown)."""
         from crossrec_core.lake import Lake
         from crossrec_core.pipeline import parse_ds
         from crossrec_core.serving import user_recommendations
@@ -68,7 +73,7 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                     markup=False,
                 )
-            show_recommendations(result)
+            show_recommendations(result, why)
         if not result.known:
             raise typer.Exit(1)
 

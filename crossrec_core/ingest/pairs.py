@@ -5,9 +5,12 @@ Layout (e.g. ../shared/data/amazon-cloth-sport)::
     DIR/<source>_<target>/train.txt valid.txt test.txt   interactions of the source domain
     DIR/<target>_<source>/train.txt valid.txt test.txt   interactions of the target domain
 
-Every line is ``user_id<TAB>item_id``; user ids are one index across both folders, item
-ids are local to their domain. A folder's valid.txt and test.txt hold COLD-START users of
-its domain (no train rows there, history in the other domain).
+Every line is ``user_id<TAB>item_id``. Only user ids below C, the common users, are the
+same person in both folders; ids from C upwards are numbered per folder, so they land
+as ``<domain>-<id>`` (crossrec_core.datasets.pair_user_ids; C detected from the files by
+``common_user_count`` unless given). Item ids are local to their domain. A folder's
+valid.txt and test.txt hold COLD-START users of its domain (no train rows there,
+history in the other domain).
 
 * train.txt of each domain lands in raw/ as event_type ``interaction``, event id
   ``<folder>/train.txt:<line>``.
@@ -31,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from crossrec_core.contracts import HOLDOUT, HOLDOUT_SPLITS
+from crossrec_core.datasets import common_user_count, pair_user_ids
 from crossrec_core.ingest.landing import (
     SECONDS_PER_DAY,
     ImportSummary,
@@ -66,6 +70,15 @@ def read_pairs(path: Path) -> pa.Table:
         raise ValueError(f"{path}: not a file of user_id<TAB>item_id lines: {err}") from err
 
 
+def _with_pair_user_ids(table: pa.Table, path: Path, domain: str, common_users: int) -> pa.Table:
+    """The file's user numbers as external ids (a number that is not an integer is an error naming the file)."""
+    try:
+        numbers = table["user_id"].cast(pa.int64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise ValueError(f"{path}: user ids must be integers: {err}") from None
+    return table.set_column(0, "user_id", pa.array(pair_user_ids(numbers, domain, common_users), pa.string()))
+
+
 def _domain_folder(directory: Path, domain: str, other: str) -> Path:
     folder = directory / f"{domain}_{other}"
     if not folder.is_dir():
@@ -84,11 +97,18 @@ def synthetic_times(rows: int, first_day: int, days: int, rng: np.random.Generat
 
 
 def import_pairs(
-    lake: Lake, directory: Path, source: str, target: str, days: int = 14, end_date: str | None = None, seed: int = 0
+    lake: Lake,
+    directory: Path,
+    source: str,
+    target: str,
+    days: int = 14,
+    end_date: str | None = None,
+    seed: int = 0,
+    common_users: int | None = None,
 ) -> ImportSummary:
     """Land both domains' train.txt in raw/ over ``days`` days ending at ``end_date``
     (default: yesterday, UTC), with synthetic timestamps, and their valid/test files in
-    the holdout table."""
+    the holdout table; user ids follow :func:`~crossrec_core.datasets.pair_user_ids`."""
     clock = time.perf_counter()
     check_domain_name(source, "source")
     check_domain_name(target, "target")
@@ -99,7 +119,9 @@ def import_pairs(
     end_date = parse_ds(end_date or yesterday_utc())
     first_day = day_of_ds(end_date) - days + 1
     folders = {source: _domain_folder(directory, source, target), target: _domain_folder(directory, target, source)}
-    train = {domain: read_pairs(folder / TRAIN_FILE) for domain, folder in folders.items()}
+    if common_users is None:
+        common_users = common_user_count(list(folders.values()))
+    train = {domain: _with_pair_user_ids(read_pairs(folder / TRAIN_FILE), folder / TRAIN_FILE, domain, common_users) for domain, folder in folders.items()}
     train_users = {domain: pc.unique(table["user_id"]) for domain, table in train.items()}
 
     summary = ImportSummary(domains=[])
@@ -116,6 +138,7 @@ def import_pairs(
             }
         )
         summary.domains.append(land_daily(lake, domain, raw, day, file_name="train.parquet"))
+    summary.details["common users (C: ids below it are one person in both domains)"] = common_users
     summary.details["users in both domains (train)"] = int(
         pc.sum(pc.is_in(train_users[source], value_set=train_users[target])).as_py()
     )
@@ -123,7 +146,7 @@ def import_pairs(
     for domain, folder in folders.items():
         other = target if domain == source else source
         for split in HOLDOUT_SPLITS:
-            held = read_pairs(folder / f"{split}.txt")
+            held = _with_pair_user_ids(read_pairs(folder / f"{split}.txt"), folder / f"{split}.txt", domain, common_users)
             lake.write_parquet_partition(HOLDOUT, held, domain=domain, split=split)
             users = pc.unique(held["user_id"])
             known_here = int(pc.sum(pc.is_in(users, value_set=train_users[domain])).as_py() or 0)

@@ -3,6 +3,7 @@
 from crossrec_core.models import (  # noqa: F401
     emcdr,
     encoders,
+    hybrid,
     item_knn,
     mf,
     popularity,

@@ -1,11 +1,15 @@
 """The one model interface: the trainer, evaluator and scorer never special-case a model.
 
-Every model is a two-tower scorer: ``user_vectors(domain, user_keys)`` and
-``item_vectors(domain)``, score = dot product (:func:`dot_scores`). Vectors may be
-sparse (item_knn_cross: a user's source-history multi-hot against co-occurrence
-columns); :func:`dot_scores` handles both. Learned models also implement
-``calculate_loss``; fixed models (popularity, item_knn_cross) compute everything in
-``fit_fixed`` and are never handed to the optimiser.
+Every model has two towers, ``user_vectors(domain, user_keys)`` and
+``item_vectors(domain)``, and ONE score hook, :meth:`Recommender.score`, that the
+trainer's validation, the evaluator and the nightly scorer all call for a block of
+users; its default is the dot product of the towers (:func:`dot_scores`: dense or
+sparse operands, e.g. item_knn_cross's source-history multi-hot against co-occurrence
+columns). A model may add to it inside its own module (the hybrid's item-to-item path
+and item bias). Models with an item-to-item path also answer :meth:`Recommender.explain`
+(the source items behind a recommendation). Learned models implement
+``calculate_loss``; fixed models (popularity, item_knn_cross, ease_cross) compute
+everything in ``fit_fixed`` and are never handed to the optimiser.
 
 Models are parametrised by domain name, never by copy-pasted source/target paths.
 """
@@ -13,7 +17,7 @@ Models are parametrised by domain name, never by copy-pasted source/target paths
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,7 +31,11 @@ class Recommender(nn.Module, ABC):
 
     name: ClassVar[str]
     learned: ClassVar[bool] = True  # False: no optimiser, fit_fixed does the work
-    fitted_buffers: ClassVar[tuple[str, ...]] = ()  # buffers whose shape load_state_dict takes from the file
+    # Buffers and parameters whose shape load_state_dict takes from the file (fitted to
+    # the data the model was built on, not to the features it is rebuilt with).
+    fitted_tensors: ClassVar[tuple[str, ...]] = ()
+    # Tensors never copied from another night's model (their rows are not stable keys).
+    not_warm_started: ClassVar[tuple[str, ...]] = ()
     registry: ClassVar[dict[str, type[Recommender]]] = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -40,6 +48,8 @@ class Recommender(nn.Module, ABC):
         self.source = features.source
         self.target = features.target
         self.settings = settings
+        # Domains whose interactions the trainer batches (learned models).
+        self.train_domains: tuple[str, ...] = features.domains
 
     # ---- the face every consumer uses -------------------------------------------------
     @abstractmethod
@@ -51,20 +61,40 @@ class Recommender(nn.Module, ABC):
     def item_vectors(self, domain: str) -> torch.Tensor:
         """Vectors [n_items(domain), d] (dense, or a sparse COO/CSR tensor)."""
 
+    def score(self, domain: str, user_keys: torch.Tensor, item_vectors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores [len(user_keys), n_items(domain)] of a block of users; ``item_vectors``
+        is ``self.item_vectors(domain)``, computed once per run by the caller. ``out``:
+        a float32 block the dense product may be written into (see :func:`dot_scores`)."""
+        return dot_scores(self.user_vectors(domain, user_keys), item_vectors, out=out)
+
+    def explain(self, domain: str, user_keys: torch.Tensor, item_keys: torch.Tensor, n: int) -> torch.Tensor | None:
+        """Source item keys [len(user_keys), k, n] that contributed most to the score of
+        each of ``item_keys`` [len(user_keys), k] (-1 where fewer did), or None for a
+        model without an item-to-item path."""
+        return None
+
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Training loss for one batch (learned models)."""
         raise NotImplementedError(f"{self.name} is not trained by gradient descent")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Fitted buffers (a fixed model's statistics) take the saved tensor's shape: it
-        # comes from the data the model was fitted on, not from the features it is rebuilt with.
-        for name in self.fitted_buffers:
+        for name in self.fitted_tensors:
             if prefix + name in state_dict:
-                self._buffers[name] = state_dict[prefix + name].detach().clone().to(self._buffers[name].device)
+                if name in self._parameters:
+                    current, saved = self._parameters[name], state_dict[prefix + name]
+                    if current.shape != saved.shape:  # same shape: copied in place (an optimiser may hold it)
+                        self._parameters[name] = nn.Parameter(saved.detach().clone().to(current.device), current.requires_grad)
+                else:
+                    self._buffers[name] = state_dict[prefix + name].detach().clone().to(self._buffers[name].device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def fit_fixed(self, features: FeatureSet) -> None:
         """Closed-form fitting (models with ``learned = False``)."""
+
+    def tuning_grid(self) -> list[dict[str, Any]]:
+        """Settings updates the trainer fits one by one, keeping the best on target
+        validation (a fixed model's hyper-parameters, e.g. ease_cross's ridge penalty)."""
+        return [{}]
 
     def set_histories(self, features: FeatureSet) -> None:
         """Give the model the interaction histories it builds user vectors from (the

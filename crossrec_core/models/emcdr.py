@@ -1,11 +1,15 @@
-"""EMCDR (Man et al., IJCAI 2017): per-domain MF plus a source -> target mapping network.
+"""EMCDR (Man et al., IJCAI 2017) with a task-oriented mapping (as TMCDR and PTUPCDR).
 
 Each domain has its own matrix factorisation (user and item tables). A mapping MLP
-(d -> 2d -> d, tanh, as in the paper) learns to turn a user's source factors into their
-target factors on the overlapping users (MSE). The paper trains the mapping after the
-factorisations converge; here it trains in the same steps on the detached factors, so
-that one trainer and per-epoch validation of cold-start users serve it too: the
-mapping chases the current factors without pulling them.
+(d -> 2d -> d, tanh, as in the paper) turns a user's source factors into a target-domain
+user vector. The paper fits the mapping with squared error towards the users' target
+factors; with a handful of interactions per user those factors are mostly noise and the
+mapping's conditional mean is nearly one vector for everyone (it ranked like
+popularity). Here the mapping is trained on what it is for: the mapped source factors
+of overlapping users rank their TARGET items against negatives shared by the batch
+(mf.shared_ranking_loss), in the same steps as both factorisations. The source factors
+enter detached, so that the mapping learns from factors shaped by the source task alone,
+as a cold-start user's are.
 
 Serving the target domain: warm users get their target factors, cold-start users
 (source history only) their mapped source factors. Serving the source domain: source
@@ -15,14 +19,13 @@ factors.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from crossrec_core.batches import batch_key
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet
 from crossrec_core.models.base import Recommender
-from crossrec_core.models.mf import candidates, domain_weight, embedding_table, ranking_loss
+from crossrec_core.models.mf import embedding_table, in_domain_loss, shared_ranking_loss
 
 
 class EMCDR(Recommender):
@@ -30,7 +33,6 @@ class EMCDR(Recommender):
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)
-        self.train_domains = features.domains
         dim = settings.dim
         self.users = nn.ModuleDict({d: embedding_table(features.n_users, dim) for d in features.domains})
         self.items = nn.ModuleDict({d: embedding_table(features.n_items(d), dim) for d in features.domains})
@@ -57,17 +59,12 @@ class EMCDR(Recommender):
     def item_vectors(self, domain: str) -> torch.Tensor:
         return self.items[domain].weight
 
+    def shared_negatives(self) -> dict[str, int]:
+        return {self.target: self.settings.cross_negatives}
+
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = torch.zeros((), device=self.mapping[0].weight.device)
-        for domain in self.train_domains:
-            loss = loss + domain_weight(self, domain) * ranking_loss(
-                self.users[domain](batch[batch_key("users", domain)]),
-                self.items[domain](candidates(batch, domain)),
-                batch[batch_key("weights", domain)],
-            )
+        loss = in_domain_loss(self, lambda domain, users: self.users[domain](users), lambda domain, keys: self.items[domain](keys), batch)
         target_users = batch[batch_key("users", self.target)]
-        overlap = torch.unique(target_users[self._has_history(self.source, target_users)])
-        if overlap.numel():
-            mapped = self.mapping(self.users[self.source](overlap).detach())
-            loss = loss + F.mse_loss(mapped, self.users[self.target](overlap).detach())
-        return loss
+        overlap = torch.nonzero(self._has_history(self.source, target_users)).squeeze(1)
+        mapped = self.mapping(self.users[self.source](target_users[overlap]).detach())
+        return loss + shared_ranking_loss(mapped, self.items[self.target].weight, batch, self.target, overlap)

@@ -65,6 +65,26 @@ class HistoryEncoder(nn.Module):
         return F.normalize(pooled + self.transform(pooled), dim=-1)
 
 
+class AttentionPooling(nn.Module):
+    """History pooling by attention: the user's interests (the weighted mean of their
+    history) ask, each history item's features answer; items are weighted by the
+    softmax of query . key / sqrt(d) plus the log of their interaction weight."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        nn.init.zeros_(self.query.weight)  # starts as the weighted mean
+        nn.init.zeros_(self.query.bias)
+
+    def forward(self, items: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """items [B, L, d], weights [B, L] (0: absent), mean [B, d] -> pooled [B, d]."""
+        logits = (self.key(items) @ self.query(mean)[:, :, None]).squeeze(-1) / math.sqrt(items.shape[-1])
+        logits = (logits + weights.clamp_min(1e-12).log()).masked_fill(weights <= 0, -torch.inf)
+        attention = torch.softmax(logits, dim=1).nan_to_num(0.0)  # an empty history pools to 0
+        return (attention[:, :, None] * items).sum(1)
+
+
 class _GradientReversal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: torch.Tensor, weight: float) -> torch.Tensor:
@@ -79,21 +99,26 @@ class _GradientReversal(torch.autograd.Function):
 class AlignedHistoryModel(Recommender):
     """The shared encoder, histories and losses; subclasses define the alignment term."""
 
-    alignment_weight: ClassVar[float]
+    default_alignment_weight: ClassVar[float]
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)
-        self.train_domains = features.domains
         self.items = nn.ModuleDict({d: embedding_table(features.n_items(d), settings.dim) for d in features.domains})
         self.encoder = HistoryEncoder(settings.dim)
+        self.attention = AttentionPooling(settings.dim) if settings.history_pooling == "attention" else None
         self.set_histories(features)
+
+    @property
+    def alignment_weight(self) -> float:
+        configured = self.settings.alignment_weight
+        return self.default_alignment_weight if configured is None else configured
 
     def shared_negatives(self) -> dict[str, int]:
         return {self.target: self.settings.cross_negatives}
 
     def set_histories(self, features: FeatureSet) -> None:
         for domain in features.domains:
-            items, weights = padded_histories(features.train[domain], self.settings.history_length)
+            items, weights = padded_histories(features.train[domain], self.settings.history_length, features.recency.get(domain))
             self.register_buffer(f"history_{domain}", items, persistent=False)
             self.register_buffer(f"history_weights_{domain}", weights, persistent=False)
 
@@ -124,6 +149,8 @@ class AlignedHistoryModel(Recommender):
         users, inverse = torch.unique(user_keys, return_inverse=True)
         items = getattr(self, f"history_{domain}")[users]
         weights = getattr(self, f"history_weights_{domain}")[users]
+        if self.attention is not None:
+            return self._encode_attention(table, items[inverse], weights[inverse], exclude_items)
         present = weights > 0
         lengths = present.sum(1)
         offsets = torch.cumsum(lengths, 0) - lengths
@@ -137,6 +164,21 @@ class AlignedHistoryModel(Recommender):
         pooled = torch.where(nonempty[:, None], sums / totals.clamp_min(1e-6)[:, None], torch.zeros_like(sums))
         return self.encoder(pooled)
 
+    def _encode_attention(
+        self, table: torch.Tensor, items: torch.Tensor, weights: torch.Tensor, exclude_items: torch.Tensor | None
+    ) -> torch.Tensor:
+        if exclude_items is not None:
+            weights = weights.masked_fill(items == exclude_items[:, None], 0.0)
+        vectors = F.embedding(items, table)  # [B, L, d]
+        totals = weights.sum(1, keepdim=True)
+        mean = (weights[:, :, None] * vectors).sum(1) / totals.clamp_min(1e-6)
+        pooled = self.attention(vectors, weights, mean)
+        return self.encoder(torch.where(totals > 1e-6, pooled, torch.zeros_like(pooled)))
+
+    def logit_scale(self) -> torch.Tensor | float:
+        """What unit-vector cosines are multiplied by to become logits (1 / temperature)."""
+        return 1.0 / TEMPERATURE
+
     def user_vectors(self, domain: str, user_keys: torch.Tensor) -> torch.Tensor:
         other = self._other(domain)
         own, transferred = self.encode(domain, user_keys), self.encode(other, user_keys)
@@ -144,7 +186,7 @@ class AlignedHistoryModel(Recommender):
         has_other = self.has_history(other, user_keys)[:, None]
         combined = F.normalize(own + transferred, dim=-1)
         vectors = torch.where(has_own, torch.where(has_other, combined, own), transferred)
-        return vectors / TEMPERATURE
+        return vectors * self.logit_scale()
 
     def item_vectors(self, domain: str) -> torch.Tensor:
         self._other(domain)
@@ -165,9 +207,15 @@ class AlignedHistoryModel(Recommender):
             )
         users = batch[batch_key("users", self.target)]
         overlap = torch.nonzero(self.has_history(self.source, users)).squeeze(1)
-        source_built = self.encode(self.source, users[overlap], unit_items=unit_tables[self.source])
-        loss = loss + shared_ranking_loss(source_built / TEMPERATURE, unit_tables[self.target], batch, self.target, overlap)
+        loss = loss + self.cross_domain_loss(batch, users, overlap, unit_tables)
         return loss + self.alignment_weight * self.alignment_loss(built[self.source], built[self.target])
+
+    def cross_domain_loss(
+        self, batch: dict[str, torch.Tensor], users: torch.Tensor, overlap: torch.Tensor, unit_tables: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The vectors built from overlapping users' SOURCE history rank their TARGET items."""
+        source_built = self.encode(self.source, users[overlap], unit_items=unit_tables[self.source])
+        return shared_ranking_loss(source_built * self.logit_scale(), unit_tables[self.target], batch, self.target, overlap)
 
     @abstractmethod
     def alignment_loss(self, source_built: torch.Tensor, target_built: torch.Tensor) -> torch.Tensor:
@@ -176,7 +224,7 @@ class AlignedHistoryModel(Recommender):
 
 class DANN(AlignedHistoryModel):
     name = "dann"
-    alignment_weight = 0.1
+    default_alignment_weight = 0.1
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)
@@ -208,7 +256,7 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class MMD(AlignedHistoryModel):
     name = "mmd"
-    alignment_weight = 1.0
+    default_alignment_weight = 1.0
 
     def alignment_loss(self, source_built: torch.Tensor, target_built: torch.Tensor) -> torch.Tensor:
         return gaussian_mmd(source_built[:MMD_MAX_ROWS], target_built[:MMD_MAX_ROWS])

@@ -1,21 +1,35 @@
-"""``item_knn_cross``: cross-domain item co-occurrence, no learning; the bar for learned models.
+"""Item-to-item models from source history to target items: ``item_knn_cross`` and ``ease_cross``.
 
-Score of target item j for user u::
+Both score target item j for user u as::
 
-    score(u, j) = sum over u's source items i of C[i, j] / pop(j) ** alpha
+    score(u, j) = sum over u's source items i of W[i, j]
 
-C[i, j] = number of users who, in training, interacted with source item i AND target item
-j (so only users active in both domains count); pop(j) = number of target training users
-of j; alpha = ``settings.knn_popularity_exponent`` (0: raw co-occurrence, 1: divided by
-popularity). Interactions count once whatever their weight (multi-hot).
+with a fixed [n_source_items, n_target_items] sparse weight matrix W, and differ in W:
 
-As a two-tower model: a user vector is the user's source multi-hot (a sparse row over
-source items) and the target item vectors are the columns of C / pop ** alpha, both
-sparse; :func:`~crossrec_core.models.base.dot_scores` multiplies them sparse x sparse.
-One extra "fallback" dimension gives users whose source items co-occur with nothing
-(no source history, or only items nobody else took to the target) the popularity
-ranking (pop(j) / max pop) instead of an all-zero row. Remaining ties go to the lower
-item key (crossrec_core.evaluation.top_k).
+``item_knn_cross`` (no learning; the bar for learned models)
+    W[i, j] = C[i, j] / pop(j) ** alpha: C[i, j] = number of users who, in training,
+    interacted with source item i AND target item j (so only users active in both
+    domains count); pop(j) = number of target training users of j; alpha =
+    ``settings.knn_popularity_exponent`` (0: raw co-occurrence, 1: divided by popularity).
+``ease_cross`` (a cross-domain linear model, EASE/SLIM style)
+    W = argmin ||Y - X W||^2 + lambda ||W||^2 = (X^T X + lambda I)^-1 X^T Y over the users
+    active in both domains (X: their source multi-hot, Y: their target multi-hot), solved
+    by conjugate gradients in blocks of target columns (no dense inverse, memory bounded
+    by the block), then the ``linear_keep`` largest-magnitude weights of each target item
+    kept. lambda: each of ``settings.linear_l2`` is fitted and the best on target
+    validation kept (:meth:`tuning_grid`, the trainer's choice, never the test split).
+
+Interactions count once whatever their weight (multi-hot). As a two-tower model: a user
+vector is the user's source multi-hot (a sparse row over source items) and the target
+item vectors are the columns of W, both sparse;
+:func:`~crossrec_core.models.base.dot_scores` multiplies them sparse x sparse. One
+extra "fallback" dimension gives users whose source items reach nothing (no source
+history, or only items with no weight) the popularity ranking (pop(j) / max pop)
+instead of an all-zero row. Remaining ties go to the lower item key
+(crossrec_core.ranking.top_k).
+
+:meth:`ItemToItemModel.explain` names, for a recommended item j, the user's source items
+i with the largest positive W[i, j] (the ``because`` column).
 
 The fitted matrix is stored as three dense buffers (CSR indptr, indices, values of the
 [n_source_items + 1, n_target_items] matrix), so that the state_dict loads with
@@ -25,7 +39,11 @@ not part of the state: :meth:`set_histories` gives them (the current night's fea
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
+from abc import abstractmethod
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,8 +53,15 @@ from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet
 from crossrec_core.models.base import Recommender
 
+log = logging.getLogger(__name__)
 
-def _csr_tensor(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+CG_MAX_ITERATIONS = 50
+CG_TOLERANCE = 1e-3  # relative residual of every column: ranks need no more
+CG_COLUMN_BLOCK = 4096  # target columns solved at once: memory ~ 5 x min(users, source items) x block floats
+EXPLAIN_LOOKUPS = 4_000_000  # (user, history item, recommended item) lookups per chunk
+
+
+def csr_tensor(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A torch CSR tensor from valid CSR arrays (no invariant check)."""
     with warnings.catch_warnings():
         # torch flags every CSR tensor as "beta"; the operations used here (construct,
@@ -45,16 +70,66 @@ def _csr_tensor(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
         return torch.sparse_csr_tensor(indptr, indices, values, size=size, check_invariants=False)
 
 
-def _multi_hot(matrix: sp.csr_matrix) -> sp.csr_matrix:
+def multi_hot(matrix: sp.csr_matrix) -> sp.csr_matrix:
     binary = matrix.astype(bool).astype(np.float32)
     binary.eliminate_zeros()
     return binary
 
 
-class ItemKnnCross(Recommender):
-    name = "item_knn_cross"
+def padded_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The column keys of ``rows`` of a CSR matrix as [len(rows), longest] keys and a
+    presence mask (padding: key 0, absent)."""
+    block = matrix[rows]
+    lengths = np.diff(block.indptr)
+    width = max(int(lengths.max(initial=0)), 1)
+    position = np.arange(block.nnz) - np.repeat(block.indptr[:-1], lengths)
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    keys = np.zeros((len(rows), width), dtype=np.int64)
+    present = np.zeros((len(rows), width), dtype=bool)
+    keys[owner, position] = block.indices
+    present[owner, position] = True
+    return torch.from_numpy(keys), torch.from_numpy(present)
+
+
+def pair_lookup(codes: torch.Tensor, n_columns: int, indptr: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position in the CSR arrays, found) of entries row * n_columns + column: one
+    binary search over the matrix's sorted entry codes."""
+    rows = torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), torch.diff(indptr))
+    entry_codes = rows * n_columns + indices
+    position = torch.searchsorted(entry_codes, codes).clamp_max(max(len(entry_codes) - 1, 0))
+    found = entry_codes[position] == codes if len(entry_codes) else torch.zeros_like(codes, dtype=torch.bool)
+    return position, found
+
+
+def top_contributors(
+    history: torch.Tensor, present: torch.Tensor, item_keys: torch.Tensor, weight_of, n: int
+) -> torch.Tensor:
+    """[users, k, n] history items with the largest positive weight towards each of
+    ``item_keys`` [users, k] (-1 where fewer have one); ``weight_of(history_items,
+    target_items)`` gives the item-to-item weights of equally shaped key tensors (0
+    where none). Chunked over users so that the lookups stay bounded."""
+    users, k = item_keys.shape
+    out = torch.full((users, k, n), -1, dtype=torch.long, device=item_keys.device)
+    if users == 0 or k == 0:
+        return out
+    step = max(1, EXPLAIN_LOOKUPS // max(1, history.shape[1] * k))
+    for start in range(0, users, step):
+        rows = slice(start, start + step)
+        sources = history[rows][:, :, None].expand(-1, -1, k)  # [u, L, k]
+        targets = item_keys[rows][:, None, :].expand_as(sources)
+        weights = weight_of(sources, targets.clamp_min(0)).masked_fill(~present[rows][:, :, None] | (targets < 0), 0.0)
+        best, where = weights.topk(min(n, weights.shape[1]), dim=1)  # [u, n', k]
+        chosen = history[rows].gather(1, where.flatten(1)).view_as(where)
+        chosen = torch.where(best > 0, chosen, -1).transpose(1, 2)  # [u, k, n']
+        out[rows, :, : chosen.shape[2]] = chosen
+    return out
+
+
+class ItemToItemModel(Recommender):
+    """A fixed sparse source -> target weight matrix scored against source histories."""
+
     learned = False
-    fitted_buffers = ("weights_indptr", "weights_indices", "weights_values")
+    fitted_tensors = ("weights_indptr", "weights_indices", "weights_values")
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)
@@ -69,15 +144,17 @@ class ItemKnnCross(Recommender):
     def n_source_items(self) -> int:
         return len(self.weights_indptr) - 2
 
+    @abstractmethod
+    def fit_weights(self, source: sp.csr_matrix, target: sp.csr_matrix) -> sp.csr_matrix:
+        """W [n_source_items, n_target_items] from the multi-hot training matrices."""
+
     def fit_fixed(self, features: FeatureSet) -> None:
-        source, target = _multi_hot(features.train[self.source]), _multi_hot(features.train[self.target])
-        cooccurrence = (source.T @ target).tocsr()  # [n_source_items, n_target_items], users in both domains
+        source, target = multi_hot(features.train[self.source]), multi_hot(features.train[self.target])
         popularity = np.asarray(target.sum(axis=0)).ravel()
-        alpha = self.settings.knn_popularity_exponent
-        scale = np.divide(1.0, popularity**alpha, out=np.zeros(popularity.size), where=popularity > 0)
         fallback = sp.csr_matrix(popularity[None, :] / max(popularity.max(initial=0), 1))
-        weights = sp.vstack([cooccurrence.multiply(scale[None, :]), fallback], format="csr", dtype=np.float32)
+        weights = sp.vstack([self.fit_weights(source, target), fallback], format="csr", dtype=np.float32)
         weights.eliminate_zeros()
+        weights.sort_indices()
         device = self.weights_values.device
         self.weights_indptr = torch.from_numpy(weights.indptr.astype(np.int64)).to(device)
         self.weights_indices = torch.from_numpy(weights.indices.astype(np.int64)).to(device)
@@ -86,23 +163,26 @@ class ItemKnnCross(Recommender):
         self.set_histories(features)
 
     def set_histories(self, features: FeatureSet) -> None:
-        # Source items newer than the fitted matrix co-occur with nothing yet: dropped.
-        history = _multi_hot(features.train[self.source])[:, : self.n_source_items]
-        has_cooccurrence = (np.diff(self.weights_indptr.cpu().numpy())[: self.n_source_items] > 0).astype(np.float32)
-        fallback = sp.csr_matrix((history @ has_cooccurrence == 0).astype(np.float32)[:, None])
+        # Source items newer than the fitted matrix have no weights yet: dropped.
+        history = multi_hot(features.train[self.source])[:, : self.n_source_items]
+        has_weights = (np.diff(self.weights_indptr.cpu().numpy())[: self.n_source_items] > 0).astype(np.float32)
+        fallback = sp.csr_matrix((history @ has_weights == 0).astype(np.float32)[:, None])
         self._histories = sp.hstack([history, fallback], format="csr", dtype=np.float32)
 
     def _check_domain(self, domain: str) -> None:
         if domain != self.target:
-            raise ValueError(f"item_knn_cross scores the target domain {self.target!r} only, not {domain!r}")
+            raise ValueError(f"{self.name} scores the target domain {self.target!r} only, not {domain!r}")
+
+    def _user_histories(self) -> sp.csr_matrix:
+        if self._histories is None:
+            raise RuntimeError(f"{self.name} has no user histories: call fit_fixed or set_histories first")
+        return self._histories
 
     def user_vectors(self, domain: str, user_keys: torch.Tensor) -> torch.Tensor:
         self._check_domain(domain)
-        if self._histories is None:
-            raise RuntimeError("item_knn_cross has no user histories: call fit_fixed or set_histories first")
-        rows = self._histories[user_keys.cpu().numpy()]
+        rows = self._user_histories()[user_keys.cpu().numpy()]
         device = self.weights_values.device
-        return _csr_tensor(
+        return csr_tensor(
             torch.from_numpy(rows.indptr.astype(np.int64)).to(device),
             torch.from_numpy(rows.indices.astype(np.int64)).to(device),
             torch.from_numpy(rows.data).to(device),
@@ -113,4 +193,105 @@ class ItemKnnCross(Recommender):
         """[n_target_items, n_source_items + 1] sparse CSC (the transpose of the stored CSR)."""
         self._check_domain(domain)
         size = (len(self.weights_indptr) - 1, int(self.n_target_items))
-        return _csr_tensor(self.weights_indptr, self.weights_indices, self.weights_values, size).t()
+        return csr_tensor(self.weights_indptr, self.weights_indices, self.weights_values, size).t()
+
+    def explain(self, domain: str, user_keys: torch.Tensor, item_keys: torch.Tensor, n: int) -> torch.Tensor:
+        self._check_domain(domain)
+        device = self.weights_values.device
+        history, present = padded_rows(self._user_histories()[:, : self.n_source_items], user_keys.cpu().numpy())
+        n_items = int(self.n_target_items)
+
+        def weight_of(sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            position, found = pair_lookup((sources * n_items + targets).flatten(), n_items, self.weights_indptr, self.weights_indices)
+            return torch.where(found, self.weights_values[position], 0.0).view_as(sources)
+
+        return top_contributors(history.to(device), present.to(device), item_keys.to(device), weight_of, n)
+
+
+class ItemKnnCross(ItemToItemModel):
+    name = "item_knn_cross"
+
+    def fit_weights(self, source: sp.csr_matrix, target: sp.csr_matrix) -> sp.csr_matrix:
+        cooccurrence = (source.T @ target).tocsr()  # [n_source_items, n_target_items], users in both domains
+        popularity = np.asarray(target.sum(axis=0)).ravel()
+        alpha = self.settings.knn_popularity_exponent
+        scale = np.divide(1.0, popularity**alpha, out=np.zeros(popularity.size), where=popularity > 0)
+        return cooccurrence.multiply(scale[None, :]).tocsr()
+
+
+class EaseCross(ItemToItemModel):
+    name = "ease_cross"
+
+    def tuning_grid(self) -> list[dict[str, Any]]:
+        return [{"linear_l2": [l2]} for l2 in self.settings.linear_l2]
+
+    def fit_weights(self, source: sp.csr_matrix, target: sp.csr_matrix) -> sp.csr_matrix:
+        both = np.flatnonzero((np.diff(source.indptr) > 0) & (np.diff(target.indptr) > 0))
+        x = source[both].tocsr()
+        y = target[both].tocsr()
+        l2 = self.settings.linear_l2[0]
+        started = time.perf_counter()
+        weights = ridge_weights(x, y, l2, self.settings.linear_keep)
+        log.info(
+            "ease_cross: lambda %g over %d users active in both domains, %d x %d weights kept %d, %.1f s",
+            l2, len(both), x.shape[1], y.shape[1], weights.nnz, time.perf_counter() - started,
+        )
+        return weights
+
+
+def ridge_weights(x: sp.csr_matrix, y: sp.csr_matrix, l2: float, keep: int) -> sp.csr_matrix:
+    """argmin_W ||Y - X W||^2 + l2 ||W||^2, each column's ``keep`` largest-magnitude
+    weights kept. Conjugate gradients (Jacobi-preconditioned), all columns of a block at
+    once, on the smaller of the two equivalent systems: (X^T X + l2 I) W = X^T Y over the
+    items, or (X X^T + l2 I) A = Y over the users with W = X^T A. The products go through
+    the sparse X (scipy), never a dense Gram matrix or inverse."""
+    x = x.astype(np.float32).tocsr()
+    n_users, n_source = x.shape
+    n_target = y.shape[1]
+    over_users = n_users < n_source
+    operator = x.T.tocsr() if over_users else x  # M: the system is (M^T M + l2 I) Z = rhs
+    operator_t = operator.T.tocsr()
+    rhs_all = (y if over_users else x.T @ y).astype(np.float32).tocsc()
+    diagonal = np.asarray(operator.multiply(operator).sum(axis=0)).ravel().astype(np.float32) + np.float32(l2)
+    x_t = x.T.tocsr()
+    keep = min(keep, n_source)
+    rows, columns, values = [], [], []
+    for start in range(0, n_target, CG_COLUMN_BLOCK):
+        stop = min(start + CG_COLUMN_BLOCK, n_target)
+        rhs = rhs_all[:, start:stop].toarray()
+        solution = _conjugate_gradients(lambda z: operator_t @ (operator @ z) + np.float32(l2) * z, rhs, diagonal)
+        if over_users:
+            solution = x_t @ solution
+        top = np.argpartition(-np.abs(solution), keep - 1, axis=0)[:keep] if keep < n_source else np.arange(n_source)[:, None].repeat(stop - start, 1)
+        rows.append(top.ravel())
+        columns.append(np.broadcast_to(np.arange(start, stop), top.shape).ravel())
+        values.append(np.take_along_axis(solution, top, axis=0).ravel())
+    weights = sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(n_source, n_target))
+    weights.eliminate_zeros()
+    return weights
+
+
+def _conjugate_gradients(apply, rhs: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+    """Solve A Z = rhs column by column (A symmetric positive definite, given by ``apply``;
+    ``diagonal``: A's diagonal, the Jacobi preconditioner)."""
+    inverse_diagonal = (1.0 / diagonal)[:, None]
+    solution = np.zeros_like(rhs)
+    residual = rhs.copy()
+    preconditioned = residual * inverse_diagonal
+    direction = preconditioned.copy()
+    products = np.einsum("ij,ij->j", residual, preconditioned)
+    targets = CG_TOLERANCE**2 * np.einsum("ij,ij->j", rhs, rhs)
+    tiny = np.float32(1e-30)
+    for _ in range(CG_MAX_ITERATIONS):
+        if (np.einsum("ij,ij->j", residual, residual) <= targets).all():
+            break
+        applied = apply(direction)
+        step = products / np.maximum(np.einsum("ij,ij->j", direction, applied), tiny)
+        solution += step * direction
+        residual -= step * applied
+        np.multiply(residual, inverse_diagonal, out=preconditioned)
+        new_products = np.einsum("ij,ij->j", residual, preconditioned)
+        direction *= new_products / np.maximum(products, tiny)
+        direction += preconditioned
+        products = new_products
+    return solution

@@ -40,18 +40,43 @@ def ranking_loss(user_vectors: torch.Tensor, candidate_vectors: torch.Tensor, we
     return _softmax_cross_entropy(logits, weights)
 
 
-def shared_ranking_loss(
+def shared_candidate_logits(
     user_vectors: torch.Tensor, item_table: torch.Tensor, batch: dict[str, torch.Tensor], domain: str, rows: torch.Tensor
 ) -> torch.Tensor:
-    """The weighted sampled softmax of ``domain``'s batch ``rows`` against the batch's
-    shared negatives (one matrix product), each row's own positives left out.
+    """Dot products [len(rows), 1 + n] of ``domain``'s batch ``rows`` with their positive
+    (column 0) and the batch's shared negatives (one matrix product).
 
     Shapes: user_vectors [len(rows), d], item_table [n_items, d]."""
     positives = F.embedding(batch[batch_key("positives", domain)][rows], item_table)
     negatives = F.embedding(batch[batch_key("shared_negatives", domain)], item_table)
-    negative_logits = (user_vectors @ negatives.T).masked_fill(batch[batch_key("shared_excluded", domain)][rows], -torch.inf)
-    logits = torch.cat([(user_vectors * positives).sum(-1, keepdim=True), negative_logits], dim=1)
+    return torch.cat([(user_vectors * positives).sum(-1, keepdim=True), user_vectors @ negatives.T], dim=1)
+
+
+def shared_softmax_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], domain: str, rows: torch.Tensor) -> torch.Tensor:
+    """The weighted sampled softmax over [positive, shared negatives] logits of ``rows``,
+    each row's own positives among the shared negatives left out."""
+    excluded = batch[batch_key("shared_excluded", domain)][rows]
+    logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(excluded, -torch.inf)], dim=1)
     return _softmax_cross_entropy(logits, batch[batch_key("weights", domain)][rows])
+
+
+def shared_ranking_loss(
+    user_vectors: torch.Tensor, item_table: torch.Tensor, batch: dict[str, torch.Tensor], domain: str, rows: torch.Tensor
+) -> torch.Tensor:
+    """The weighted sampled softmax of ``domain``'s batch ``rows`` against the batch's
+    shared negatives, each row's own positives left out."""
+    return shared_softmax_loss(shared_candidate_logits(user_vectors, item_table, batch, domain, rows), batch, domain, rows)
+
+
+def in_domain_loss(model: Recommender, user_vectors, item_vectors, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over the model's trained domains of the domain-weighted sampled softmax of
+    ``user_vectors(domain, users)`` against ``item_vectors(domain, candidates)``."""
+    loss = torch.zeros(())
+    for domain in model.train_domains:
+        users = batch[batch_key("users", domain)]
+        term = ranking_loss(user_vectors(domain, users), item_vectors(domain, candidates(batch, domain)), batch[batch_key("weights", domain)])
+        loss = loss.to(term.device) + domain_weight(model, domain) * term
+    return loss
 
 
 def _softmax_cross_entropy(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -94,14 +119,7 @@ class SharedUserMF(Recommender):
         return self.items[domain].weight
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = torch.zeros((), device=self.users.weight.device)
-        for domain in self.train_domains:
-            loss = loss + domain_weight(self, domain) * ranking_loss(
-                self.users(batch[batch_key("users", domain)]),
-                self.items[domain](candidates(batch, domain)),
-                batch[batch_key("weights", domain)],
-            )
-        return loss
+        return in_domain_loss(self, lambda domain, users: self.users(users), lambda domain, keys: self.items[domain](keys), batch)
 
 
 class TargetOnlyMF(SharedUserMF):

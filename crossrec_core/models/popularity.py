@@ -20,7 +20,7 @@ from crossrec_core.models.base import Recommender
 class Popularity(Recommender):
     name = "popularity"
     learned = False
-    fitted_buffers = ("item_popularity",)
+    fitted_tensors = ("item_popularity",)
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)

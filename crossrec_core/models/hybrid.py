@@ -1,0 +1,184 @@
+"""``hybrid``: an item-to-item memorisation path plus DANN's aligned transfer path, learned end to end.
+
+Score of target item j for user u (``settings.hybrid_paths`` switches the paths, for
+ablations)::
+
+    score(u, j) = cos(v(u), e_j) / T             transfer: dann's history encoder
+                + sum over i in H(u) of M[i, j]  memory: learned source -> target item weights
+                + b_j                            item bias
+
+* transfer: v(u) is the vector that :class:`~crossrec_core.models.encoders.DANN` builds
+  from the user's history (source history for a cold-start user), aligned across domains
+  by the domain classifier behind gradient reversal; T is dann's temperature (a
+  learned one let the transfer path take over from the memory path on the training
+  users and lose the cold-start users).
+* memory: H(u) is the user's source history (the ``history_length`` most recent items);
+  M lives on the source -> target item pairs that co-occur among users active in both
+  domains (at most ``linear_keep`` per source item, the strongest): a learned scale (the
+  memory path's temperature) times ``item_knn_cross``'s statistics (co-occurrence / popularity ** alpha) plus learned
+  per-pair corrections, L2-regularised towards 0 (``memory_l2``), so M starts as the
+  count and departs from it where training supports it. In training a user's own
+  co-occurrences are left out of the counts (a cold-start user is never in them). A single dense user vector cannot hold the sparse item-to-item
+  co-purchase signal; this path memorises it, the transfer path ranks what it misses.
+
+Training adds to dann's loss (in-domain terms, alignment) a cross-domain term on
+overlapping users that ranks their target items by the FULL score above the negatives
+shared by the batch, so the model optimises the cold-start task directly.
+
+The support of M is fixed when the model is built from the training features; it is
+stored with the weights (its shape is taken from the file when a model is loaded) and is
+never warm-started from another night's model (the pairs differ).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from crossrec_core.batches import batch_key
+from crossrec_core.config import ModelSettings
+from crossrec_core.data import FeatureSet
+from crossrec_core.models.base import dot_scores
+from crossrec_core.models.encoders import TEMPERATURE, DANN
+from crossrec_core.models.item_knn import csr_tensor, multi_hot, pair_lookup, top_contributors
+from crossrec_core.models.mf import shared_candidate_logits, shared_softmax_loss
+
+
+def memory_support(features: FeatureSet, alpha: float, keep: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """(item_knn_cross's weights C[i, j] / pop(j) ** alpha [n_source, n_target] with the
+    ``keep`` largest of each source row kept (sorted CSR), 1 / pop(j) ** alpha: what one
+    user adds to every weight of a column)."""
+    source, target = multi_hot(features.train[features.source]), multi_hot(features.train[features.target])
+    cooccurrence = (source.T @ target).tocsr()
+    popularity = np.asarray(target.sum(axis=0)).ravel()
+    scale = np.divide(1.0, popularity**alpha, out=np.zeros(popularity.size), where=popularity > 0)
+    weights = cooccurrence.multiply(scale[None, :]).tocsr().astype(np.float32)
+    weights.eliminate_zeros()
+    lengths = np.diff(weights.indptr)
+    if lengths.max(initial=0) > keep:
+        rows = np.repeat(np.arange(weights.shape[0]), lengths)
+        order = np.lexsort((-weights.data, rows))  # by row, strongest first
+        rank = np.arange(weights.nnz) - weights.indptr[rows[order]]
+        kept = order[rank < keep]
+        weights = sp.csr_matrix((weights.data[kept], (rows[kept], weights.indices[kept])), shape=weights.shape)
+    weights.sort_indices()
+    return weights, scale.astype(np.float32)
+
+
+class Hybrid(DANN):
+    name = "hybrid"
+    fitted_tensors = ("memory_indptr", "memory_indices", "memory_counts", "memory_values", "memory_user_share")
+    not_warm_started = fitted_tensors
+
+    def __init__(self, features: FeatureSet, settings: ModelSettings):
+        super().__init__(features, settings)
+        support, user_share = memory_support(features, settings.knn_popularity_exponent, settings.linear_keep)
+        self.register_buffer("memory_indptr", torch.from_numpy(support.indptr.astype(np.int64)))
+        self.register_buffer("memory_indices", torch.from_numpy(support.indices.astype(np.int64)))
+        self.register_buffer("memory_counts", torch.from_numpy(support.data.astype(np.float32)))  # item_knn_cross's weights
+        self.register_buffer("memory_user_share", torch.from_numpy(user_share))
+        self.memory_values = nn.Parameter(torch.zeros(support.nnz))  # learned corrections, L2 towards 0
+        self.memory_log_scale = nn.Parameter(torch.tensor(math.log(1.0 / TEMPERATURE)))
+        self.item_bias = nn.Parameter(torch.zeros(features.n_items(self.target)))
+        self.paths = frozenset(settings.hybrid_paths)
+
+    def memory_weights(self) -> torch.Tensor:
+        """M = scale * item_knn_cross's weights + learned corrections, per stored pair."""
+        return self.memory_log_scale.exp() * self.memory_counts + self.memory_values
+
+    def _memory_history(self, user_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source history [B, L] item keys (clipped to the memory's rows) and presence."""
+        items = getattr(self, f"history_{self.source}")[user_keys]
+        present = (getattr(self, f"history_weights_{self.source}")[user_keys] > 0) & (items < len(self.memory_indptr) - 1)
+        return torch.where(present, items, 0), present
+
+    def _memory_entries(self, user_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row in the block, target item, position in memory_values) of every memory
+        weight that a block of users' source histories reach."""
+        items, present = self._memory_history(user_keys)
+        owner = torch.nonzero(present)[:, 0]
+        sources = items[present]
+        starts = self.memory_indptr[sources]
+        lengths = self.memory_indptr[sources + 1] - starts
+        first = torch.cumsum(lengths, 0) - lengths
+        rows = torch.repeat_interleave(torch.arange(len(sources), device=sources.device), lengths)
+        entries = starts[rows] + torch.arange(rows.numel(), device=sources.device) - first[rows]
+        return owner[rows], self.memory_indices[entries], entries
+
+    def score(self, domain: str, user_keys: torch.Tensor, item_vectors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if domain != self.target:
+            return super().score(domain, user_keys, item_vectors, out)
+        if "transfer" in self.paths:
+            scores = dot_scores(self.user_vectors(domain, user_keys), item_vectors, out=out)
+        else:
+            scores = out.zero_() if out is not None else item_vectors.new_zeros(len(user_keys), item_vectors.shape[0])
+        if "memory" in self.paths:
+            scores += self._memory_scores(user_keys)
+        return scores.add_(self.item_bias)
+
+    def _memory_scores(self, user_keys: torch.Tensor) -> torch.Tensor:
+        """[B, n_target] sum of M over each user's source history: multi-hot @ M, sparse x sparse."""
+        items, present = self._memory_history(user_keys)
+        counts = present.sum(1)
+        history = csr_tensor(
+            torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]), items[present], torch.ones(int(counts.sum()), device=items.device),
+            size=(len(user_keys), len(self.memory_indptr) - 1),
+        )
+        memory = csr_tensor(self.memory_indptr, self.memory_indices, self.memory_weights().detach(), size=(len(self.memory_indptr) - 1, len(self.item_bias)))
+        return torch.sparse.mm(history, memory).to_dense()
+
+    def cross_domain_loss(
+        self, batch: dict[str, torch.Tensor], users: torch.Tensor, overlap: torch.Tensor, unit_tables: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Overlapping users' target items ranked by the full score (transfer + memory +
+        bias) against the batch's shared negatives."""
+        keys = users[overlap]
+        positives = batch[batch_key("positives", self.target)][overlap]
+        negatives = batch[batch_key("shared_negatives", self.target)]
+        if "transfer" in self.paths:
+            source_built = self.encode(self.source, keys, unit_items=unit_tables[self.source])
+            logits = shared_candidate_logits(source_built * self.logit_scale(), unit_tables[self.target], batch, self.target, overlap)
+        else:
+            logits = unit_tables[self.target].new_zeros(len(keys), 1 + len(negatives))
+        logits = logits + torch.cat([self.item_bias[positives, None], self.item_bias[negatives][None, :].expand(len(keys), -1)], dim=1)
+        penalty = logits.new_zeros(())
+        if "memory" in self.paths:
+            owner, target, entries = self._memory_entries(keys)
+            corrections = self.memory_values[entries]
+            scale = self.memory_log_scale.exp()
+            own = target == positives[owner]
+            # Leave the user out: their own co-occurrence is in every count of their
+            # positive's column, which a cold-start user's never is.
+            counts = self.memory_counts[entries] - own * self.memory_user_share[target]
+            values = scale * counts + corrections
+            column = torch.full((len(self.item_bias),), -1, dtype=torch.long, device=keys.device)
+            column[negatives] = torch.arange(1, 1 + len(negatives), device=keys.device)
+            slot = torch.where(own, 0, column[target])
+            hit = slot >= 0
+            memory = logits.new_zeros(logits.shape).index_put((owner[hit], slot[hit]), values[hit], accumulate=True)
+            logits = logits + memory
+            penalty = self.settings.memory_l2 * corrections.square().sum() / max(len(keys), 1)
+        return shared_softmax_loss(logits, batch, self.target, overlap) + penalty
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "transfer" in self.paths:
+            return super().calculate_loss(batch)
+        users = batch[batch_key("users", self.target)]
+        overlap = torch.nonzero(self.has_history(self.source, users)).squeeze(1)
+        return self.cross_domain_loss(batch, users, overlap, {self.target: self.unit_items(self.target)})
+
+    def explain(self, domain: str, user_keys: torch.Tensor, item_keys: torch.Tensor, n: int) -> torch.Tensor | None:
+        if domain != self.target or "memory" not in self.paths:
+            return None
+        items, present = self._memory_history(user_keys)
+        n_items = len(self.item_bias)
+
+        def weight_of(sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            position, found = pair_lookup((sources * n_items + targets).flatten(), n_items, self.memory_indptr, self.memory_indices)
+            return torch.where(found, self.memory_weights().detach()[position], 0.0).view_as(sources)
+
+        return top_contributors(items, present, item_keys, weight_of, n)
