@@ -37,7 +37,8 @@ class ColumnType(StrEnum):
             ColumnType.FLOAT64: pa.float64(),
             ColumnType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
             ColumnType.DATE: pa.date32(),
-            ColumnType.STRING_LIST: pa.list_(pa.string()),
+            # Spark's array<string> (containsNull = false) as Parquet stores it.
+            ColumnType.STRING_LIST: pa.list_(pa.field("element", pa.string(), nullable=False)),
         }[self]
 
     def spark(self):  # -> pyspark.sql.types.DataType

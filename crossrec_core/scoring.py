@@ -48,7 +48,7 @@ import scipy.sparse as sp
 import torch
 
 from crossrec_core.config import ScoreSettings, Settings
-from crossrec_core.contracts import SCORES, USER_KEYS, Segment, StageStatus
+from crossrec_core.contracts import SCORES, USER_KEYS, ColumnType, Segment, StageStatus
 from crossrec_core.data import FeatureSet
 from crossrec_core.lake import Lake, dir_size
 from crossrec_core.metrics import PAD
@@ -181,7 +181,8 @@ def _id_lists(keys: np.ndarray, ids: pa.Array) -> pa.ListArray:
     """list<string> per row of [rows, n] item keys, -1 slots left out."""
     present = keys >= 0
     offsets = np.concatenate([[0], np.cumsum(present.sum(1))]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), ids.take(pa.array(keys[present], pa.int64())))
+    values = ids.take(pa.array(keys[present], pa.int64()))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, type=ColumnType.STRING_LIST.arrow())
 
 
 # ---- running it --------------------------------------------------------------------------

@@ -121,6 +121,7 @@ def _recs(n: int, ds_tag: str) -> pa.Table:
             "score": [0.5] * n,
             "model_version": ["m"] * n,
             "segment": ["warm"] * n,
+            "because": [[]] * n,
         }
     )
 

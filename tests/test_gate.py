@@ -34,6 +34,7 @@ def night(lake: Lake, settings, ds: str, ndcg: float | None, users: int = 4, k: 
         "score": np.linspace(1, 0, n, dtype=np.float32),
         "model_version": [fake_model_version(ds)] * n,
         "segment": ["warm"] * n,
+        "because": [[]] * n,
     })
     lake.write_parquet_partition(SCORES, SCORES.validate(scores), ds=ds, domain=settings.target)
 

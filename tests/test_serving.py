@@ -43,6 +43,7 @@ def scores_table(users: list[str], k: int, ds: str, segment: str = "warm", seed:
         "score": np.sort(rng.random(n).astype(np.float32))[::-1],
         "model_version": [version or fake_model_version(ds)] * n,
         "segment": [segment] * n,
+        "because": [[]] * n,
     }))
 
 
@@ -198,6 +199,7 @@ def test_an_unknown_user_is_told_so_and_shown_the_fallback_list(lake_root, lake)
             "score": pa.array([3.0, 1.0, 0.5, 3.0, 2.0, 1.0], pa.float32()),
             "model_version": [fake_model_version("2026-01-05")] * 6,
             "segment": ["fallback"] * 6,
+            "because": [[]] * 6,
         })),
     ])
     publish_night(lake_root, lake, "2026-01-05", rows)

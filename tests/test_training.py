@@ -260,7 +260,7 @@ def publish(lake, ds, version, features):
     from crossrec_core.contracts import RECOMMENDATIONS
 
     rows = pa.table({"user_id": list(features.user_ids[:2]), "rank": [1, 1], "item_id": ["tgt0", "tgt1"], "score": [1.0, 1.0],
-                     "model_version": [version, version], "segment": ["warm", "warm"]})
+                     "model_version": [version, version], "segment": ["warm", "warm"], "because": [[], []]})
     lake.write_delta_partition(RECOMMENDATIONS, rows, ds=ds, domain=features.target)
 
 
