@@ -243,8 +243,8 @@ def _train(
         features, model.train_domains, settings.batch_size, settings.negatives, device, shared_negatives=model.shared_negatives()
     )
     history = TrainingHistory(name=model.name, n_examples=batches.n_examples)
-    # Fused Adam: one kernel over all parameters; measured 1.6x the throughput of the
-    # default on 2 CPU cores (sparse gradients + SparseAdam were slower still).
+    # Fused Adam: one kernel over all parameters, the fastest on the CPU of the options
+    # benchmarked (docs/BENCHMARKS.md; sparse gradients + SparseAdam were slower).
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True)
     mixed_precision = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision)

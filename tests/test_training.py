@@ -302,3 +302,38 @@ def test_auto_keeps_the_best_candidate_and_records_every_score(lake_root, lake, 
     assert card["config"]["name"] == "auto"
     loaded, _ = load_model(lake, candidate_version(lake, "2026-01-05"), tiny_features)
     assert loaded.name == "dann"
+
+
+def _real_subset(features, users: np.ndarray):
+    """The users' rows of a FeatureSet (every item kept, keys stay those of the dataset)."""
+    from crossrec_core.data import FeatureSet
+
+    return FeatureSet(
+        source=features.source, target=features.target, user_ids=features.user_ids[users], item_ids=features.item_ids,
+        train={d: features.train[d][users] for d in features.domains},
+        holdout={s: m[users] for s, m in features.holdout.items()},
+    )
+
+
+@pytest.mark.shared_data
+def test_hybrid_stays_above_item_knn_cross_on_real_cold_start_users(shared_data):
+    """Regression guard for the point of the hybrid: on a real subset (3,000 amazon users
+    active in both domains plus the disjoint split's cold-start users, cloth -> sport)
+    its test NDCG@10 is not below the co-occurrence count it starts from."""
+    from crossrec_core.datasets import load_pairs
+    from crossrec_core.evaluation import evaluate_model
+
+    splits = load_pairs(shared_data / "amazon-cloth-sport", "cloth", "sport", split="disjoint")
+    rng = np.random.default_rng(0)
+    both = np.intersect1d(splits.valid.users_with_history("cloth"), splits.valid.users_with_history("sport"))
+    cold = np.union1d(splits.valid.holdout_users(Segment.COLD_START), splits.test.holdout_users(Segment.COLD_START))
+    users = np.union1d(rng.choice(both, 3000, replace=False), cold)
+    valid, test = _real_subset(splits.valid, users), _real_subset(splits.test, users)
+    settings = load_settings(model={"epochs": 2, "device": "cpu", "dim": 32}).model
+    ndcg = {}
+    for name in ("item_knn_cross", "hybrid"):
+        model, _ = fit_model(name, valid, settings, progress=False)
+        model.set_histories(test)
+        ndcg[name] = evaluate_model(model, test, segments=(Segment.COLD_START,), ks=(10,))["cold_start"]["ndcg@10"]
+    assert ndcg["item_knn_cross"] > 0.1
+    assert ndcg["hybrid"] >= ndcg["item_knn_cross"], ndcg

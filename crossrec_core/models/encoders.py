@@ -1,13 +1,15 @@
 """History-encoder models that align domains: ``dann`` (adversarial) and ``mmd``.
 
 A user's vector is built from their interaction history in ONE domain: the
-``history_length`` heaviest items (weights are decayed, so the most recent), looked up
-in that domain's item table, averaged with the interaction weights and passed through
-ONE :class:`HistoryEncoder` shared by both domains. The same per-domain item table
-feeds the encoder and is scored against (tied: half the parameters, and an item is
-close to the items it is bought with). Vectors are unit length and scores are cosine
-similarities divided by a temperature of 0.1 (measured: stable under the adversary,
-where unnormalised vectors diverged).
+``history_length`` most recent items (FeatureSet.recency where event times are known,
+else the heaviest: nightly weights are decayed, so the most recent), looked up in that
+domain's item table, pooled (``history_pooling``: the weighted mean, or
+:class:`AttentionPooling`, the user's interests attending over the items' features) and
+passed through ONE :class:`HistoryEncoder` shared by both domains. The same per-domain
+item table feeds the encoder and is scored against (tied: half the parameters, and an
+item is close to the items it is bought with). Vectors are unit length and scores are
+cosine similarities divided by a temperature of 0.1 (unnormalised vectors diverged
+under the adversary).
 
 Training, per step (L = sum of, each a sampled softmax, mf.ranking_loss):
 * in-domain, in both domains (target weight 1, source ``source_weight``): the vector
@@ -16,21 +18,20 @@ Training, per step (L = sum of, each a sampled softmax, mf.ranking_loss):
 * cross-domain, on overlapping users: the vector built from a user's SOURCE history
   ranks their TARGET items. This is what makes transfer work: alignment alone only
   makes the two vector distributions alike, this ties a user's source-built vector to
-  what they do in the target domain. It ranks against ``cross_negatives`` (1,024)
-  negatives shared by the batch (mf.shared_ranking_loss) instead of 16 per row:
-  measured on amazon cloth -> sport cold-start users (dann, 12 epochs, seed 42), test
-  NDCG@10 0.132 vs 0.103 (the full softmax over all 12,655 items: 0.134). The same for
-  the in-domain terms did not help (0.128) and was unstable with 256;
-* alignment between source-built and target-built vectors: DANN (Ganin & Lempitsky
-  2015) trains a domain classifier behind a gradient-reversal layer whose weight rises
-  as 2 / (1 + exp(-10 p)) - 1 with training progress p = epoch / epochs; MMD penalises the
-  maximum mean discrepancy under a sum of Gaussian kernels of several bandwidths.
+  what they do in the target domain. It ranks against ``cross_negatives`` negatives
+  shared by the batch (mf.shared_ranking_loss), a far larger set than per-row
+  negatives at the same cost;
+* alignment between source-built and target-built vectors, weighted by
+  ``alignment_weight`` (the model's own default unless configured): DANN (Ganin &
+  Lempitsky 2015) trains a domain classifier behind a gradient-reversal layer whose
+  weight rises as 2 / (1 + exp(-10 p)) - 1 with training progress p = epoch / epochs;
+  MMD penalises the maximum mean discrepancy under a sum of Gaussian kernels of several
+  bandwidths.
 
 Serving a domain: a user with history only there gets the vector built from it; a
-user with history in both domains gets the normalised sum of the two built vectors
-(measured on MovieLens-1M warm users: NDCG@10 0.216 vs 0.197 from the target history
-alone); a cold-start user (history only in the other domain) gets the vector built from
-that history; a user with neither gets the encoder's output for an empty history.
+user with history in both domains gets the normalised sum of the two built vectors; a
+cold-start user (history only in the other domain) gets the vector built from that
+history; a user with neither gets the encoder's output for an empty history.
 """
 
 from __future__ import annotations

@@ -33,9 +33,8 @@ def ranking_loss(user_vectors: torch.Tensor, candidate_vectors: torch.Tensor, we
     """Weighted sampled softmax: each row's positive (candidate 0) against its sampled
     negatives (candidates 1..N), cross-entropy over the N + 1 dot products.
 
-    Measured better than BPR on the same negatives (amazon sport -> cloth cold-start
-    NDCG@10 0.110 vs 0.081, dann, 16 negatives). Shapes: users [B, d], candidates
-    [B, N + 1, d], weights [B]; an empty batch gives 0."""
+    One softmax over all of a row's candidates rather than BPR's independent pairs.
+    Shapes: users [B, d], candidates [B, N + 1, d], weights [B]; an empty batch gives 0."""
     logits = (user_vectors[:, None, :] * candidate_vectors).sum(-1)  # 4x faster than einsum/bmm here
     return _softmax_cross_entropy(logits, weights)
 
