@@ -258,3 +258,58 @@ def test_spark_backend_gives_the_rows_of_the_local_backend(spark, lake_root, lak
     assert set(pc.unique(got["segment"]).to_pylist()) == {"warm", "cold_start", "fallback"}
     for path in lake.partition_path(SCORES, ds="2026-01-06", domain="tgt").glob("*.parquet"):
         assert pq.read_schema(path).remove_metadata() == SCORES.arrow_schema()  # what publish's commit requires
+
+
+def test_item_to_item_models_serve_because_items_readable_by_every_reader(lake_root, lake, tiny_features):
+    """Every served row of an item-to-item model names up to 3 of the user's source items
+    with a positive weight towards the item, strongest first; a two-tower model's rows
+    carry an empty list. The Delta table stays readable by pyarrow, polars and DuckDB."""
+    import json
+
+    import duckdb
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from crossrec_core.cli import app
+    from crossrec_core.contracts import RECOMMENDATIONS
+    from crossrec_core.serving import publish_scores, snapshot
+
+    settings = score_settings(lake_root)
+    model = build_model("item_knn_cross", tiny_features, settings.model)
+    model.fit_fixed(tiny_features)
+    scoring.score_to_partition(lake, DS, tiny_features, model, fake_model_version(DS), settings)
+    rows = lake.read_parquet_partition(SCORES, ds=DS, domain="tgt").to_pylist()
+    weights = model.item_vectors("tgt").to_dense()  # [target items, source items + fallback]
+    key = {u: k for k, u in enumerate(tiny_features.user_ids)}
+    source_key = {i: k for k, i in enumerate(tiny_features.item_ids["src"])}
+    target_key = {i: k for k, i in enumerate(tiny_features.item_ids["tgt"])}
+    explained = 0
+    for row in rows:
+        history = set(tiny_features.train["src"][key[row["user_id"]]].indices.tolist())
+        because = [source_key[i] for i in row["because"]]
+        assert len(because) <= 3 and set(because) <= history
+        contribution = weights[target_key[row["item_id"]]]
+        assert all(contribution[i] > 0 for i in because)
+        assert [float(contribution[i]) for i in because] == sorted((float(contribution[i]) for i in because), reverse=True)
+        best = sorted((float(contribution[i]) for i in history if contribution[i] > 0), reverse=True)[:3]
+        assert [float(contribution[i]) for i in because] == best  # the strongest ones
+        explained += bool(because)
+    assert explained > len(rows) / 2
+
+    publish_scores(lake, DS, "tgt")
+    table = snapshot(lake, RECOMMENDATIONS).dataset.to_table()
+    assert table.num_rows == len(rows) and table.schema.field("because").type.value_type == "string"
+    assert pl.read_delta(str(lake.root / RECOMMENDATIONS.path)).height == len(rows)
+    arrow = table  # DuckDB queries the Arrow snapshot (no delta extension offline)
+    assert duckdb.sql("SELECT count(*) FROM arrow WHERE len(because) > 0").fetchone()[0] == explained
+
+    cold_user = tiny_features.user_ids[tiny_features.holdout_users(Segment.COLD_START)[0]]
+    result = CliRunner().invoke(app, ["recs", cold_user, "--lake", str(lake_root), "--why", "--domain", "tgt"])
+    assert result.exit_code == 0, result.output
+    assert "because you liked" in result.output
+    served = json.loads(CliRunner().invoke(app, ["recs", cold_user, "--lake", str(lake_root), "--json", "--domain", "tgt"]).output)
+    assert all("because" in r for r in served["recommendations"]) and any(r["because"] for r in served["recommendations"])
+
+    two_tower = integer_model("target_only", tiny_features, settings)
+    scoring.score_to_partition(lake, "2026-01-06", tiny_features, two_tower, fake_model_version(DS), settings)
+    assert all(r["because"] == [] for r in lake.read_parquet_partition(SCORES, ds="2026-01-06", domain="tgt").to_pylist())
