@@ -2,7 +2,8 @@
 pyspark's own distribution (``spark-class``). clean and featurize run on it as the DAG
 runs them (SparkSubmitOperator on the ``spark_default`` connection), the Spark scoring
 backend through the score task (which takes its master from the same connection); each
-application shows on the master, and every output row equals a local[2] run's."""
+application shows on the master, and every output row equals a local[2] run's. Kept
+small for the suite's time budget: tiny data, one worker, one clean on the cluster."""
 
 from __future__ import annotations
 
@@ -166,7 +167,6 @@ def test_clean_featurize_and_spark_scoring_on_a_standalone_cluster_equal_local(c
     orchestration.run_job(on_cluster, "score", DS, params)
 
     apps = cluster.state()
-    Path("/tmp/h14c-apps.json").write_text(json.dumps(apps))
     assert sorted(app["name"] for app in apps["completedapps"]) == ["crossrec-clean", "crossrec-featurize", "crossrec-score"]
     assert not apps["activeapps"]
     # shuffle_partitions: auto took the cluster's cores in each application
