@@ -13,7 +13,7 @@ import re
 from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -67,9 +67,13 @@ class Validation(_Section):
 
 
 class SparkSettings(_Section):
-    master: str
-    shuffle_partitions: int = Field(ge=1)
+    master: str = Field(description="master of in-process sessions; under Airflow the spark connection's master is passed in")
+    shuffle_partitions: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        description="'auto': crossrec_core.spark.SHUFFLE_PARTITIONS_PER_CORE x the session's default parallelism (its cores)",
+    )
     driver_memory: str = Field(pattern=r"^\d+[kmgt]$")
+    driver_host: str | None = Field(description="spark.driver.host: the address executors reach the driver at; None: Spark's default")
+    bind_address: str | None = Field(description="spark.driver.bindAddress: the driver's listening address; None: driver_host")
     conf: dict[str, str] = Field(default_factory=dict)
 
 

@@ -7,6 +7,11 @@ never imports Spark or torch. Exit code 2 means a contract violation (bad input,
 data, bad config): retrying cannot help, so the task fails at once; any other failure is
 treated as transient and retried with exponential backoff.
 
+One Spark master under Airflow: the connection ``orchestration.spark_conn_id``
+(``spark_default``). The Spark stages are submitted to it, and the score task, which
+starts Spark in-process when ``score.backend`` is ``spark``, gets the same master as its
+``spark.master`` setting (:func:`spark_master`).
+
 This module is imported by the DAG file at parse time: keep its top-level imports light
 (no torch, pyspark, pandas, pyarrow).
 """
@@ -14,6 +19,7 @@ This module is imported by the DAG file at parse time: keep its top-level import
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -100,11 +106,26 @@ def assets(settings: Settings) -> dict[str, Asset]:
     }
 
 
+def spark_master(settings: Settings) -> str:
+    """The master of the Spark connection, resolved as SparkSubmitHook resolves it for
+    the Spark stages' spark-submit (host, ``:port`` when set; YARN without a connection)."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    return SparkSubmitHook(conn_id=settings.orchestration.spark_conn_id)._connection["master"]
+
+
+def stage_environment(settings: Settings, stage: str) -> dict[str, str]:
+    """What a child job gets on top of the worker's environment: score's Spark backend runs
+    on the master the Spark stages are submitted to."""
+    return {"CROSSREC_SPARK__MASTER": spark_master(settings)} if stage == "score" else {}
+
+
 def run_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> None:
     """Run ``jobs/<stage>.py`` as a child process, streaming its output to the task log."""
     command = [sys.executable, str(JOBS_DIR / f"{stage}.py"), *stage_arguments(settings, stage, ds, params)]
-    log.info("running %s", " ".join(command))
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    environment = stage_environment(settings, stage)
+    log.info("running %s%s", " ".join(command), "".join(f" ({k}={v})" for k, v in environment.items()))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env={**os.environ, **environment})
     last_lines: list[str] = []
     for line in process.stdout:
         log.info("%s", line.rstrip())
@@ -136,7 +157,8 @@ class StageSparkSubmitOperator(SparkSubmitOperator):
 
 
 def spark_stage(settings: Settings, stage: str, domain: str | None = None, **kwargs: Any) -> StageSparkSubmitOperator:
-    """The spark-submit task of a Spark stage (master from the ``spark_default`` connection)."""
+    """The spark-submit task of a Spark stage (master from the ``spark_default`` connection;
+    the driver's address and shuffle partitions from ``settings.spark``, see spark_session)."""
     return StageSparkSubmitOperator(
         application=str(JOBS_DIR / f"{stage}.py"),
         application_args=stage_arguments(settings, stage, "{{ ds }}", PARAM_TEMPLATES, domain=domain),
@@ -148,7 +170,7 @@ def spark_stage(settings: Settings, stage: str, domain: str | None = None, **kwa
             "spark.driver.extraJavaOptions": DRIVER_JAVA_OPTIONS,
             **settings.spark.conf,
         },
-        env_vars={"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"},
+        env_vars={"PYSPARK_PYTHON": sys.executable},
         **kwargs,
     )
 

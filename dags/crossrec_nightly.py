@@ -65,6 +65,7 @@ def crossrec_nightly():
 
     @task(**torch_queue)
     def score(ds=None, params=None):
+        # score.backend: spark runs on the spark_default connection's master, like clean and featurize
         orchestration.run_job(settings, "score", ds, params)
 
     @task(outlets=[assets["recommendations"]])

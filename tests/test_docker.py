@@ -96,3 +96,71 @@ def test_images_take_their_python_pins_from_constraints_and_delta_jars_from_the_
     # the jars are resolved by delta's own helper from the installed (pinned) delta-spark and pyspark
     assert "configure_spark_with_delta_pip" in (DOCKER / "spark" / "fetch_delta_jars.py").read_text()
     assert "fetch_delta_jars.py" in (DOCKER / "spark" / "Dockerfile").read_text()
+
+
+LAKE_UID = 50000
+
+
+def lake_services(compose) -> dict[str, dict]:
+    return {name: s for name, s in compose["services"].items() if "lake:/lake" in s.get("volumes", [])}
+
+
+def final_user(dockerfile: Path) -> str:
+    users = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")]
+    return users[-1]
+
+
+def test_one_uid_owns_the_lake_volume_for_airflow_and_spark(compose):
+    services = lake_services(compose)
+    init = services.pop("lake-init")
+    assert init["user"] == "0:0" and init["restart"] == "no"
+    assert f"chown {LAKE_UID}:0 /lake" in " ".join(init["command"])
+    assert {"airflow-worker", "airflow-worker-gpu", "spark-master", "spark-worker"} <= set(services)
+    for name, service in services.items():
+        assert service["user"] == f"{LAKE_UID}:0", name
+        assert service["depends_on"]["lake-init"]["condition"] == "service_completed_successfully", name
+    # the images run as that uid too, so a container started without compose's `user:` agrees
+    assert final_user(DOCKER / "airflow" / "Dockerfile") == "airflow"  # uid 50000 in apache/airflow images
+    spark_image = (DOCKER / "spark" / "Dockerfile").read_text()
+    assert final_user(DOCKER / "spark" / "Dockerfile") == str(LAKE_UID)
+    assert re.search(rf"useradd --uid {LAKE_UID} --gid 0\b", spark_image)
+    # the worker keeps executor directories where that uid may write (pyspark's own folder is root's)
+    work_dir = re.search(r"SPARK_WORKER_DIR=(\S+)", spark_image).group(1)
+    assert re.search(rf"install -d -o {LAKE_UID} -g 0 -m 0775 {re.escape(work_dir)}\b", spark_image)
+
+
+def test_long_running_services_have_healthchecks_and_restart_policies(compose):
+    services = compose["services"]
+    one_shot = {name for name, s in services.items() if s.get("restart") == "no"}
+    assert one_shot == {"lake-init", "airflow-init"}
+    for name, service in services.items():
+        if name in one_shot:
+            continue
+        assert service.get("restart") in ("always", "unless-stopped", "on-failure"), name
+        check = service.get("healthcheck") or {}
+        assert check.get("test") and check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert {"interval", "retries"} <= set(check), name
+        for needed, condition in (service.get("depends_on") or {}).items():
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[needed], f"{name} waits for {needed}, which has no healthcheck"
+    assert services["spark-worker"]["depends_on"]["spark-master"]["condition"] == "service_healthy"
+    assert "/json/" in " ".join(services["spark-master"]["healthcheck"]["test"])  # the master's own status page
+
+
+def test_no_architecture_specific_path_and_java_home_derived_from_the_installed_java():
+    for path in sorted(p for p in DOCKER.rglob("*") if p.is_file() and p.name != ".env" and p.suffix != ".md"):
+        text = path.read_text()
+        assert not re.search(r"amd64|arm64|x86_64|aarch64", text), f"{path.relative_to(REPO)} names an architecture"
+    for dockerfile in (DOCKER / "airflow" / "Dockerfile", DOCKER / "spark" / "Dockerfile"):
+        text = dockerfile.read_text()
+        java_home = re.search(r"JAVA_HOME=(\S+)", text).group(1)
+        assert re.search(rf'readlink -f "\$\(command -v java\)".*\s{re.escape(java_home)}$', text, re.MULTILINE), dockerfile
+
+
+def test_no_container_advertises_a_fixed_spark_local_ip(compose):
+    # SPARK_LOCAL_IP=0.0.0.0 makes drivers and workers advertise an address nobody can
+    # reach; containers keep Spark's default (their own address) or settings.spark keys
+    for path in (DOCKER / "compose.yaml", DOCKER / "airflow" / "Dockerfile", DOCKER / "spark" / "Dockerfile"):
+        assert "SPARK_LOCAL_IP" not in path.read_text(), path
+    for name in ("airflow-worker", "airflow-worker-gpu"):
+        assert compose["services"][name]["environment"]["CROSSREC_SPARK__BIND_ADDRESS"] == "0.0.0.0"
