@@ -14,7 +14,9 @@ This module is imported by the DAG file at parse time: keep its top-level import
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -23,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Asset, BaseSensorOperator, Param
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from airflow.sdk import Asset, BaseHook, BaseOperator, BaseSensorOperator, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException, AirflowSensorTimeout
 
 from crossrec_core.config import DOMAIN_NAME_PATTERN, MODEL_NAMES, Settings
 from crossrec_core.spark import DRIVER_JAVA_OPTIONS
@@ -34,6 +36,13 @@ log = logging.getLogger(__name__)
 JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
 CONTRACT_VIOLATION_EXIT = 2  # jobs_main's exit code for errors a retry cannot fix
 _SPARK_EXIT_CODE = re.compile(r"Error code is: (\d+)")
+KILL_GRACE_SECONDS = 10  # a killed stage's process group gets SIGTERM, then SIGKILL after this
+SUCCESS_MARKER = "_SUCCESS"
+DS_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+# The night's date, for templated operator fields: the trigger param ``ds`` when set, else
+# the run's logical date (a manual Airflow 3 run may have none: then ``{{ ds }}`` fails).
+DS_TEMPLATE = "{{ crossrec_ds(params, dag_run) }}"
 
 # The run params a manual trigger may set, as Jinja for templated operator fields.
 PARAM_TEMPLATES = {
@@ -49,6 +58,10 @@ def dag_params(settings: Settings) -> dict[str, Param]:
     """Params of a manual trigger, validated by Airflow (JSON schema) before the run starts."""
     domain_schema = {"type": "string", "pattern": DOMAIN_NAME_PATTERN.pattern}
     return {
+        "ds": Param(
+            None, type=["null", "string"], pattern=DS_PATTERN.pattern, format="date",
+            description="Night to run, YYYY-MM-DD; empty: the run's logical date (a run without one needs it).",
+        ),
         "model": Param(
             settings.model.name, enum=["auto", *MODEL_NAMES],
             description="Model to train; 'auto' trains every configured candidate and keeps the best on target validation NDCG@10.",
@@ -62,6 +75,43 @@ def dag_params(settings: Settings) -> dict[str, Param]:
     }
 
 
+def resolve_ds(params: Mapping[str, Any] | None, dag_run: Any) -> str:
+    """The night a run processes: the ``ds`` param when given, else the run's logical date."""
+    chosen = (params or {}).get("ds")
+    if chosen:
+        return parse_param_ds(chosen)
+    logical_date = getattr(dag_run, "logical_date", None)
+    if logical_date is None:
+        raise AirflowFailException(
+            "this run has no logical date and no 'ds' param: trigger it with --conf '{\"ds\": \"YYYY-MM-DD\"}' "
+            "or with a logical date"
+        )
+    return logical_date.astimezone(UTC).date().isoformat()
+
+
+def parse_param_ds(value: Any) -> str:
+    text = str(value)
+    try:
+        if DS_PATTERN.match(text):
+            return datetime.strptime(text, "%Y-%m-%d").date().isoformat()
+    except ValueError:
+        pass
+    raise AirflowFailException(f"param ds must be a date YYYY-MM-DD, got {value!r}")
+
+
+def dag_macros() -> dict[str, Any]:
+    """``user_defined_macros`` of the DAG: what :data:`DS_TEMPLATE` calls."""
+    return {"crossrec_ds": resolve_ds}
+
+
+def task_timeout(settings: Settings, task: str) -> timedelta:
+    return timedelta(minutes=settings.orchestration.stage_timeout_minutes[task])
+
+
+def dagrun_timeout(settings: Settings) -> timedelta:
+    return timedelta(minutes=settings.orchestration.dagrun_timeout_minutes)
+
+
 def start_datetime(settings: Settings) -> datetime:
     return datetime.combine(settings.orchestration.start_date, time(), tzinfo=UTC)
 
@@ -73,6 +123,7 @@ def default_args(settings: Settings) -> dict[str, Any]:
         "retry_delay": timedelta(seconds=orchestration.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(seconds=orchestration.max_retry_delay_seconds),
+        "on_failure_callback": AlertOnFailure(settings),
     }
 
 
@@ -100,16 +151,74 @@ def assets(settings: Settings) -> dict[str, Asset]:
     }
 
 
-def run_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> None:
-    """Run ``jobs/<stage>.py`` as a child process, streaming its output to the task log."""
+def start_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> subprocess.Popen:
+    """Start ``jobs/<stage>.py`` as a child process leading its own process group, so that
+    :func:`stop_job` also reaches whatever it starts (data loader workers, ...)."""
     command = [sys.executable, str(JOBS_DIR / f"{stage}.py"), *stage_arguments(settings, stage, ds, params)]
     log.info("running %s", " ".join(command))
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True
+    )
+
+
+def follow_job(process: subprocess.Popen, stage: str, ds: str) -> None:
+    """Stream the job's output to the task log and raise for its exit code. Whatever
+    interrupts the wait (a timeout, a signal) stops the job's process group first."""
     last_lines: list[str] = []
-    for line in process.stdout:
-        log.info("%s", line.rstrip())
-        last_lines = [*last_lines[-4:], line.rstrip()]
-    raise_for_exit(stage, ds, process.wait(), "\n".join(last_lines))
+    try:
+        for line in process.stdout:
+            log.info("%s", line.rstrip())
+            last_lines = [*last_lines[-4:], line.rstrip()]
+        exit_code = process.wait()
+    except BaseException:
+        stop_job(process)
+        raise
+    raise_for_exit(stage, ds, exit_code, "\n".join(last_lines))
+
+
+def stop_job(process: subprocess.Popen, grace_seconds: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the job's process group, SIGKILL it after ``grace_seconds``, and reap the job."""
+    group = process.pid  # start_new_session: the job leads a group of its own id
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # the job and everything it started are gone already
+    log.warning("stopping the process group %d of %s", group, process.args[1] if len(process.args) > 1 else process.args)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(group, signal.SIGKILL)  # members that outlived the leader or ignored SIGTERM
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def run_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> None:
+    """Run ``jobs/<stage>.py`` as a child process, streaming its output to the task log."""
+    follow_job(start_job(settings, stage, ds, params), stage, ds)
+
+
+class StageJobOperator(BaseOperator):
+    """Runs one torch or Delta stage (``jobs/<stage>.py``) for the run's ds. When Airflow
+    kills the task (timeout, marked failed, cleared), ``on_kill`` stops the job's whole
+    process group, so no training keeps running behind a dead task."""
+
+    def __init__(self, *, settings: Settings, stage: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.stage = stage
+        self._process: subprocess.Popen | None = None
+
+    def execute(self, context) -> None:
+        ds = resolve_ds(context["params"], context["dag_run"])
+        self._process = start_job(self.settings, self.stage, ds, context["params"])
+        follow_job(self._process, self.stage, ds)
+
+    def on_kill(self) -> None:
+        if self._process is not None:
+            stop_job(self._process)
 
 
 def raise_for_exit(stage: str, ds: str, exit_code: int, output_tail: str) -> None:
@@ -139,7 +248,7 @@ def spark_stage(settings: Settings, stage: str, domain: str | None = None, **kwa
     """The spark-submit task of a Spark stage (master from the ``spark_default`` connection)."""
     return StageSparkSubmitOperator(
         application=str(JOBS_DIR / f"{stage}.py"),
-        application_args=stage_arguments(settings, stage, "{{ ds }}", PARAM_TEMPLATES, domain=domain),
+        application_args=stage_arguments(settings, stage, DS_TEMPLATE, PARAM_TEMPLATES, domain=domain),
         conn_id=settings.orchestration.spark_conn_id,
         name=f"crossrec_{stage}",
         conf={
@@ -149,19 +258,23 @@ def spark_stage(settings: Settings, stage: str, domain: str | None = None, **kwa
             **settings.spark.conf,
         },
         env_vars={"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"},
+        execution_timeout=task_timeout(settings, stage),
         **kwargs,
     )
 
 
 class RawPartitionSensor(BaseSensorOperator):
-    """Waits for ``raw/domain=D/ds=DS`` to hold data files; on timeout, fails naming the path."""
+    """Waits for ``raw/domain=D/ds=DS`` to hold data files, or with ``success_marker`` for
+    its ``_SUCCESS`` file (written by the producer once the whole delivery is there); on
+    timeout, fails naming the path."""
 
     template_fields = ("domain",)
 
-    def __init__(self, *, lake: Path, domain: str, **kwargs: Any) -> None:
+    def __init__(self, *, lake: Path, domain: str, success_marker: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.lake = str(lake)
         self.domain = domain
+        self.success_marker = success_marker
 
     def raw_path(self, ds: str) -> Path:
         from crossrec_core.contracts import RAW
@@ -169,19 +282,25 @@ class RawPartitionSensor(BaseSensorOperator):
 
         return Lake(self.lake).partition_path(RAW, domain=self.domain, ds=ds)
 
+    def awaited(self, context) -> Path:
+        """What this sensor waits for: the partition, or its ``_SUCCESS`` marker."""
+        path = self.raw_path(resolve_ds(context["params"], context["dag_run"]))
+        return path / SUCCESS_MARKER if self.success_marker else path
+
     def poke(self, context) -> bool:
-        path = self.raw_path(context["ds"])
-        ready = path.is_dir() and any(p.is_file() and not p.name.startswith((".", "_")) for p in path.rglob("*"))
-        log.info("raw partition %s %s", path, "is ready" if ready else "is not there yet")
+        awaited = self.awaited(context)
+        if self.success_marker:
+            ready = awaited.is_file()
+        else:
+            ready = awaited.is_dir() and any(p.is_file() and not p.name.startswith((".", "_")) for p in awaited.rglob("*"))
+        log.info("raw %s %s", awaited, "is ready" if ready else "is not there yet")
         return ready
 
     def execute(self, context):
         try:
             return super().execute(context)
         except AirflowSensorTimeout as err:
-            raise AirflowSensorTimeout(
-                f"raw partition {self.raw_path(context['ds'])} did not arrive within {self.timeout:.0f} s: {err}"
-            ) from err
+            raise AirflowSensorTimeout(f"raw {self.awaited(context)} did not arrive within {self.timeout:.0f} s: {err}") from err
 
 
 def gate_allows_publishing(settings: Settings, ds: str) -> bool:
@@ -193,3 +312,81 @@ def gate_allows_publishing(settings: Settings, ds: str) -> bool:
     log.log(logging.INFO if decision["publish"] else logging.WARNING,
             "gate for ds=%s: %s: %s", ds, "publish" if decision["publish"] else "KEEP THE SERVED MODEL", decision.get("reason"))
     return bool(decision["publish"])
+
+
+def gate(settings: Settings, context) -> bool:
+    """The ``gate`` task: the evaluate stage's decision for the run's ds; a "no" also
+    raises a ``gated`` alert (the run stays green, the last good list stays served)."""
+    from crossrec_core.contracts import AlertKind
+    from crossrec_core.lake import Lake
+    from crossrec_core.serving import gate_decision
+
+    ds = resolve_ds(context["params"], context["dag_run"])
+    allowed = gate_allows_publishing(settings, ds)
+    if not allowed:
+        reason = gate_decision(Lake(settings.lake), ds).get("reason", "")
+        raise_alert(settings, context, AlertKind.GATED, ds, f"the gate kept the served model: {reason}")
+    return allowed
+
+
+# ---- alerts ------------------------------------------------------------------------------
+def alert_webhook(conn_id: str):
+    """The webhook of the Airflow connection ``conn_id`` (None when there is no such
+    connection). URL: the connection's host when it holds a scheme (``https://...``), else
+    ``schema://host[:port]``, then ``extra.endpoint``; a password becomes a bearer token."""
+    from crossrec_core.alerts import Webhook
+
+    try:
+        connection = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    host = connection.host or ""
+    url = host if "://" in host else f"{connection.schema or 'https'}://{host}"
+    if connection.port:
+        url += f":{connection.port}"
+    url += connection.extra_dejson.get("endpoint", "")
+    headers = {"Authorization": f"Bearer {connection.password}"} if connection.password else {}
+    return Webhook(url=url, headers=headers)
+
+
+def raise_alert(settings: Settings, context, kind, ds: str, message: str) -> str:
+    """Record an alert for the run of ``context`` (and post it when the webhook connection exists)."""
+    from crossrec_core.alerts import Alert
+    from crossrec_core.alerts import raise_alert as record_and_post
+    from crossrec_core.lake import Lake
+
+    dag_run = context["dag_run"]
+    task_instance = context.get("ti")
+    alert = Alert(
+        ds=ds,
+        kind=kind,
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        task_id=task_instance.task_id if task_instance is not None else "",
+        try_number=int(getattr(task_instance, "try_number", 0) or 0),
+        message=message,
+    )
+    return record_and_post(Lake(settings.lake), alert, alert_webhook(settings.orchestration.alerts_conn_id))
+
+
+class AlertOnFailure:
+    """``on_failure_callback`` of every task and of the DAG run: records a
+    ``task_failed`` / ``run_failed`` alert naming the error. A run that failed because a
+    task did raises no second alert: the task's names the cause."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, context) -> None:
+        from crossrec_core.contracts import AlertKind
+
+        if context.get("ti") is None and context.get("reason") == "task_failure":
+            return
+        dag_run = context["dag_run"]
+        try:
+            ds = resolve_ds(context.get("params"), dag_run)
+        except AirflowFailException:  # no date to file it under: the day the run was created
+            ds = (getattr(dag_run, "run_after", None) or datetime.now(UTC)).astimezone(UTC).date().isoformat()
+        is_task = context.get("ti") is not None
+        error = context.get("exception") or context.get("reason") or "failed"
+        raise_alert(self.settings, context, AlertKind.TASK_FAILED if is_task else AlertKind.RUN_FAILED, ds, str(error))
