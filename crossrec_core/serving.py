@@ -224,7 +224,7 @@ def served_lists(lake: Lake, domains: Iterable[str]) -> list[ServedList]:
     if not lake.delta_exists(RECOMMENDATIONS):
         return [ServedList(domain, None) for domain in sorted(set(domains))]
     delta = lake.delta_table(RECOMMENDATIONS)
-    files = pa.record_batch(delta.get_add_actions(flatten=True)).to_pylist()
+    files = pa.table(delta.get_add_actions(flatten=True)).to_pylist()
     newest: dict[str, str] = {}
     for f in files:
         domain, ds = f["partition.domain"], f["partition.ds"]
@@ -236,14 +236,14 @@ def served_lists(lake: Lake, domains: Iterable[str]) -> list[ServedList]:
             lists.append(ServedList(domain, None))
             continue
         partition = [f for f in files if f["partition.domain"] == domain and f["partition.ds"] == ds]
-        committed = max(f["modification_time"] for f in partition)
+        committed = datetime.fromtimestamp(max(f["modification_time"] for f in partition) / 1000, UTC)  # epoch ms
         served = latest_served(lake, domain) or {}
         lists.append(ServedList(
             domain=domain,
             ds=ds,
             rows=sum(f["num_records"] for f in partition),
             model_version=served.get("model_version"),
-            published_at=committed if committed.tzinfo else committed.replace(tzinfo=UTC),
+            published_at=committed,
         ))
     return lists
 
