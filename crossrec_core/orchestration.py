@@ -325,7 +325,7 @@ def gate(settings: Settings, context) -> bool:
     allowed = gate_allows_publishing(settings, ds)
     if not allowed:
         reason = gate_decision(Lake(settings.lake), ds).get("reason", "")
-        raise_alert(settings, context, AlertKind.GATED, ds, f"the gate kept the served model: {reason}")
+        _task_alert(settings, context, AlertKind.GATED, ds, f"the gate kept the served model: {reason}")
     return allowed
 
 
@@ -349,30 +349,40 @@ def alert_webhook(conn_id: str):
     return Webhook(url=url, headers=headers)
 
 
-def raise_alert(settings: Settings, context, kind, ds: str, message: str) -> str:
-    """Record an alert for the run of ``context`` (and post it when the webhook connection exists)."""
+def raise_alert(
+    settings: Settings, kind, ds: str, message: str, *, dag_id: str, run_id: str, task_id: str = "", try_number: int = 0
+) -> str:
+    """Record an alert (and post it when the webhook connection exists); returns the post's outcome."""
     from crossrec_core.alerts import Alert
     from crossrec_core.alerts import raise_alert as record_and_post
     from crossrec_core.lake import Lake
 
-    dag_run = context["dag_run"]
-    task_instance = context.get("ti")
     alert = Alert(
-        ds=ds,
-        kind=kind,
-        dag_id=dag_run.dag_id,
-        run_id=dag_run.run_id,
-        task_id=task_instance.task_id if task_instance is not None else "",
-        try_number=int(getattr(task_instance, "try_number", 0) or 0),
-        message=message,
+        ds=ds, kind=kind, dag_id=dag_id, run_id=run_id, task_id=task_id, try_number=try_number, message=message
     )
     return record_and_post(Lake(settings.lake), alert, alert_webhook(settings.orchestration.alerts_conn_id))
 
 
+def _task_alert(settings: Settings, context, kind, ds: str, message: str) -> str:
+    task_instance, dag_run = context["ti"], context["dag_run"]
+    return raise_alert(
+        settings, kind, ds, message, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+        task_id=task_instance.task_id, try_number=int(task_instance.try_number or 0),
+    )
+
+
+def _alert_ds(context) -> str:
+    """The run's ds; a run without one is filed under the day it was created."""
+    dag_run = context.get("dag_run")
+    try:
+        return resolve_ds(context.get("params"), dag_run)
+    except AirflowFailException:
+        return (getattr(dag_run, "run_after", None) or datetime.now(UTC)).astimezone(UTC).date().isoformat()
+
+
 class AlertOnFailure:
-    """``on_failure_callback`` of every task and of the DAG run: records a
-    ``task_failed`` / ``run_failed`` alert naming the error. A run that failed because a
-    task did raises no second alert: the task's names the cause."""
+    """``on_failure_callback`` of every task: a ``task_failed`` alert naming the error
+    (called once the task has failed for good: after its last retry, or at once on exit 2)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -380,13 +390,24 @@ class AlertOnFailure:
     def __call__(self, context) -> None:
         from crossrec_core.contracts import AlertKind
 
-        if context.get("ti") is None and context.get("reason") == "task_failure":
+        _task_alert(self.settings, context, AlertKind.TASK_FAILED, _alert_ds(context), str(context.get("exception") or "failed"))
+
+
+class AlertOnRunFailure:
+    """``on_failure_callback`` of the DAG (run by Airflow's dag processor): a ``run_failed``
+    alert when the run failed for its own reason (``timed_out``: past dagrun_timeout). A run
+    failed by a task raises no second alert: the task's names the cause."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, context) -> None:
+        from crossrec_core.contracts import AlertKind
+
+        reason = context.get("reason") or "failed"
+        if reason == "task_failure":
             return
-        dag_run = context["dag_run"]
-        try:
-            ds = resolve_ds(context.get("params"), dag_run)
-        except AirflowFailException:  # no date to file it under: the day the run was created
-            ds = (getattr(dag_run, "run_after", None) or datetime.now(UTC)).astimezone(UTC).date().isoformat()
-        is_task = context.get("ti") is not None
-        error = context.get("exception") or context.get("reason") or "failed"
-        raise_alert(self.settings, context, AlertKind.TASK_FAILED if is_task else AlertKind.RUN_FAILED, ds, str(error))
+        raise_alert(
+            self.settings, AlertKind.RUN_FAILED, _alert_ds(context), f"the DAG run failed: {reason}",
+            dag_id=context["dag"].dag_id, run_id=context["run_id"],
+        )

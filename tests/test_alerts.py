@@ -103,30 +103,32 @@ def test_the_webhook_comes_from_the_airflow_connection_and_is_optional(monkeypat
     assert hook.headers == {"Authorization": "Bearer t0ken-value"}
 
 
-def airflow_context(ds: str, task_id: str | None, **extra) -> dict:
+def airflow_context(ds: str, task_id: str) -> dict:
+    """What a task's callbacks read from Airflow's task context."""
     dag_run = SimpleNamespace(
         dag_id="crossrec_nightly", run_id=f"manual__{ds}", logical_date=None, run_after=datetime.now(UTC)
     )
-    ti = SimpleNamespace(task_id=task_id, try_number=1) if task_id else None
-    return {"params": {"ds": ds}, "dag_run": dag_run, "ti": ti, **extra}
+    return {"params": {"ds": ds}, "dag_run": dag_run, "ti": SimpleNamespace(task_id=task_id, try_number=1)}
 
 
 def test_failure_callbacks_record_task_and_run_failures_once(lake_root, settings, monkeypatch, webhook_server):
-    from crossrec_core.orchestration import AlertOnFailure
+    from crossrec_core.orchestration import AlertOnFailure, AlertOnRunFailure
 
     address, received = webhook_server
     monkeypatch.setenv("AIRFLOW_CONN_CROSSREC_ALERTS", json.dumps({"conn_type": "http", "host": f"http://{address}"}))
-    callback = AlertOnFailure(settings)
+    task_context = airflow_context("2026-01-05", "featurize")
 
-    callback(airflow_context("2026-01-05", "featurize", exception=RuntimeError("executor lost")))
-    callback(airflow_context("2026-01-05", None, reason="task_failure"))  # the task's alert already says why
-    callback(airflow_context("2026-01-05", None, reason="timed_out"))
+    AlertOnFailure(settings)({**task_context, "exception": RuntimeError("executor lost")})
+    # the dag processor's context of a DAG callback: the last task's context, the run's reason
+    AlertOnRunFailure(settings)({**task_context, "reason": "task_failure"})  # the task's alert already says why
+    AlertOnRunFailure(settings)({"dag": SimpleNamespace(dag_id="crossrec_nightly"), "run_id": "manual__2026-01-05", "reason": "timed_out"})
 
     rows = alerts_via_sql(lake_root)
-    assert [(r["kind"], r["task_id"], r["message"]) for r in rows] == [
-        ("task_failed", "featurize", "executor lost"), ("run_failed", "", "timed_out"),
-    ]
-    assert [p["body"]["kind"] for p in received] == ["task_failed", "run_failed"]
+    today = datetime.now(UTC).date().isoformat()  # a minimal context names no ds: filed under today
+    assert sorted((r["ds"], r["kind"], r["task_id"], r["message"]) for r in rows) == sorted([
+        ("2026-01-05", "task_failed", "featurize", "executor lost"), (today, "run_failed", "", "the DAG run failed: timed_out"),
+    ])
+    assert sorted(p["body"]["kind"] for p in received) == ["run_failed", "task_failed"]
 
 
 def test_a_gated_night_raises_a_notice_and_a_published_one_does_not(lake_root, lake, settings):
