@@ -1,5 +1,6 @@
-"""What the Airflow DAG needs beyond wiring: run params, job command lines, the raw-data
-sensor, failure classification and the gate's short-circuit.
+"""What the Airflow DAG needs beyond wiring: run params and the night's date, job command
+lines, the stage operator (process group, on_kill), the raw-data sensor, failure
+classification, the gate's short-circuit and the alert callbacks.
 
 Every stage runs as its own process (``jobs/<stage>.py``: spark-submit for the Spark
 stages, the environment's Python for the torch and Delta stages), so the Airflow worker
@@ -195,11 +196,6 @@ def stop_job(process: subprocess.Popen, grace_seconds: float = KILL_GRACE_SECOND
     process.wait()
 
 
-def run_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> None:
-    """Run ``jobs/<stage>.py`` as a child process, streaming its output to the task log."""
-    follow_job(start_job(settings, stage, ds, params), stage, ds)
-
-
 class StageJobOperator(BaseOperator):
     """Runs one torch or Delta stage (``jobs/<stage>.py``) for the run's ds. When Airflow
     kills the task (timeout, marked failed, cleared), ``on_kill`` stops the job's whole
@@ -303,30 +299,20 @@ class RawPartitionSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(f"raw {self.awaited(context)} did not arrive within {self.timeout:.0f} s: {err}") from err
 
 
-def gate_allows_publishing(settings: Settings, ds: str) -> bool:
-    """The evaluate stage's decision; False skips score and publish (the served list stays)."""
-    from crossrec_core.lake import Lake
-    from crossrec_core.serving import gate_decision
-
-    decision = gate_decision(Lake(settings.lake), ds)
-    log.log(logging.INFO if decision["publish"] else logging.WARNING,
-            "gate for ds=%s: %s: %s", ds, "publish" if decision["publish"] else "KEEP THE SERVED MODEL", decision.get("reason"))
-    return bool(decision["publish"])
-
-
 def gate(settings: Settings, context) -> bool:
-    """The ``gate`` task: the evaluate stage's decision for the run's ds; a "no" also
-    raises a ``gated`` alert (the run stays green, the last good list stays served)."""
+    """The ``gate`` task: the evaluate stage's decision for the run's ds. False skips score
+    and publish (the served list stays) and raises a ``gated`` alert; the run stays green."""
     from crossrec_core.contracts import AlertKind
     from crossrec_core.lake import Lake
     from crossrec_core.serving import gate_decision
 
     ds = resolve_ds(context["params"], context["dag_run"])
-    allowed = gate_allows_publishing(settings, ds)
-    if not allowed:
-        reason = gate_decision(Lake(settings.lake), ds).get("reason", "")
-        _task_alert(settings, context, AlertKind.GATED, ds, f"the gate kept the served model: {reason}")
-    return allowed
+    decision = gate_decision(Lake(settings.lake), ds)
+    log.log(logging.INFO if decision["publish"] else logging.WARNING,
+            "gate for ds=%s: %s: %s", ds, "publish" if decision["publish"] else "KEEP THE SERVED MODEL", decision.get("reason"))
+    if not decision["publish"]:
+        _task_alert(settings, context, AlertKind.GATED, ds, f"the gate kept the served model: {decision.get('reason', '')}")
+    return bool(decision["publish"])
 
 
 # ---- alerts ------------------------------------------------------------------------------
@@ -390,7 +376,9 @@ class AlertOnFailure:
     def __call__(self, context) -> None:
         from crossrec_core.contracts import AlertKind
 
-        _task_alert(self.settings, context, AlertKind.TASK_FAILED, _alert_ds(context), str(context.get("exception") or "failed"))
+        error = context.get("exception")
+        message = f"{type(error).__name__}: {error}" if error is not None else "failed"
+        _task_alert(self.settings, context, AlertKind.TASK_FAILED, _alert_ds(context), message)
 
 
 class AlertOnRunFailure:

@@ -126,7 +126,7 @@ def test_failure_callbacks_record_task_and_run_failures_once(lake_root, settings
     rows = alerts_via_sql(lake_root)
     today = datetime.now(UTC).date().isoformat()  # a minimal context names no ds: filed under today
     assert sorted((r["ds"], r["kind"], r["task_id"], r["message"]) for r in rows) == sorted([
-        ("2026-01-05", "task_failed", "featurize", "executor lost"), (today, "run_failed", "", "the DAG run failed: timed_out"),
+        ("2026-01-05", "task_failed", "featurize", "RuntimeError: executor lost"), (today, "run_failed", "", "the DAG run failed: timed_out"),
     ])
     assert sorted(p["body"]["kind"] for p in received) == ["run_failed", "task_failed"]
 
