@@ -13,7 +13,7 @@ import re
 from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -113,6 +113,10 @@ class GateSettings(_Section):
     tolerance: float = Field(ge=0, le=1, description="allowed relative drop of validation NDCG@10")
 
 
+# The DAG's tasks that run a stage (the raw-data sensors have their own timeout, raw_wait_minutes).
+TIMED_TASKS = Literal["clean", "featurize", "train", "evaluate", "gate", "score", "publish", "report"]
+
+
 class OrchestrationSettings(_Section):
     """How Airflow runs the nightly DAG (dags/crossrec_nightly.py)."""
 
@@ -126,6 +130,34 @@ class OrchestrationSettings(_Section):
     max_retry_delay_seconds: float = Field(ge=0)
     spark_conn_id: str = Field(min_length=1)
     torch_queue: str | None = Field(description="Airflow queue of the train and score tasks (a GPU worker); None: default queue")
+    stage_timeout_minutes: dict[Literal[TIMED_TASKS], float] = Field(
+        description="execution_timeout of each task; a task past it is killed (with its child processes) and retried"
+    )
+    dagrun_timeout_minutes: float = Field(gt=0, description="a whole night past this is failed, so it cannot block later nights")
+    raw_success_marker: bool = Field(
+        description="wait for raw/domain=D/ds=DS/_SUCCESS (the producer's 'delivery complete') instead of the first data file"
+    )
+    alerts_conn_id: str = Field(min_length=1, description="Airflow connection of the alert webhook; no such connection: no post")
+    stale_after_hours: float = Field(gt=0, description="`crossrec status` exits 1 when a served list is older than this")
+
+    @field_validator("stage_timeout_minutes")
+    @classmethod
+    def _every_task_timed(cls, timeouts: dict[str, float]) -> dict[str, float]:
+        missing = sorted(set(get_args(TIMED_TASKS)) - set(timeouts))
+        if missing:
+            raise ValueError(f"no timeout for {missing}")
+        bad = {task: minutes for task, minutes in timeouts.items() if not minutes > 0}
+        if bad:
+            raise ValueError(f"timeouts must be > 0 minutes, got {bad}")
+        return timeouts
+
+    @model_validator(mode="after")
+    def _night_outlasts_the_raw_wait(self) -> OrchestrationSettings:
+        if self.dagrun_timeout_minutes <= self.raw_wait_minutes:
+            raise ValueError(
+                f"dagrun_timeout_minutes ({self.dagrun_timeout_minutes}) must exceed raw_wait_minutes ({self.raw_wait_minutes})"
+            )
+        return self
 
 
 class Settings(BaseSettings):

@@ -299,6 +299,31 @@ RUN_REPORTS = Table(
     ),
 )
 
+ALERTS = Table(
+    name="alerts",
+    path="serving/alerts",
+    format=TableFormat.DELTA,
+    partition_by=(_DS,),
+    columns=(
+        Column("raised_at", ColumnType.TIMESTAMP),
+        Column("kind", ColumnType.STRING, doc="an AlertKind value"),
+        Column("dag_id", ColumnType.STRING),
+        Column("run_id", ColumnType.STRING),
+        Column("task_id", ColumnType.STRING, doc="the failed task, or '' for the DAG run itself"),
+        Column("try_number", ColumnType.INT64),
+        Column("message", ColumnType.STRING),
+        Column("webhook", ColumnType.STRING, doc="posted, not configured, or the post's error"),
+    ),
+    doc="one row per failed task, failed DAG run or gated night (written by the DAG's callbacks)",
+)
+
+
+class AlertKind(StrEnum):
+    TASK_FAILED = "task_failed"  # a task failed for good (retries exhausted, bad input, timeout)
+    RUN_FAILED = "run_failed"  # the DAG run failed (e.g. past dagrun_timeout)
+    GATED = "gated"  # the gate kept the last good list served
+
+
 # models/ds=DATE/model=ID/ holds the weights (model.pt, loaded with weights_only=True) and model_card.json.
 MODELS_ROOT = "models"
 
@@ -315,4 +340,4 @@ HOLDOUT = Table(
     doc="an imported dataset's held-out interactions (cold-start users of the domain)",
 )
 
-TABLES = {t.name: t for t in (RAW, CLEAN_INTERACTIONS, QUARANTINE, USER_KEYS, ITEM_KEYS, FEATURE_INTERACTIONS, RECOMMENDATIONS, SCORES, RUN_REPORTS, HOLDOUT)}
+TABLES = {t.name: t for t in (RAW, CLEAN_INTERACTIONS, QUARANTINE, USER_KEYS, ITEM_KEYS, FEATURE_INTERACTIONS, RECOMMENDATIONS, SCORES, RUN_REPORTS, ALERTS, HOLDOUT)}

@@ -1,5 +1,6 @@
-"""What the Airflow DAG needs beyond wiring: run params, job command lines, the raw-data
-sensor, failure classification and the gate's short-circuit.
+"""What the Airflow DAG needs beyond wiring: run params and the night's date, job command
+lines, the stage operator (process group, on_kill), the raw-data sensor, failure
+classification, the gate's short-circuit and the alert callbacks.
 
 Every stage runs as its own process (``jobs/<stage>.py``: spark-submit for the Spark
 stages, the environment's Python for the torch and Delta stages), so the Airflow worker
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -29,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Asset, BaseSensorOperator, Param
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from airflow.sdk import Asset, BaseHook, BaseOperator, BaseSensorOperator, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException, AirflowSensorTimeout
 
 from crossrec_core.config import DOMAIN_NAME_PATTERN, MODEL_NAMES, Settings
 from crossrec_core.spark import DRIVER_JAVA_OPTIONS
@@ -40,6 +42,13 @@ log = logging.getLogger(__name__)
 JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
 CONTRACT_VIOLATION_EXIT = 2  # jobs_main's exit code for errors a retry cannot fix
 _SPARK_EXIT_CODE = re.compile(r"Error code is: (\d+)")
+KILL_GRACE_SECONDS = 10  # a killed stage's process group gets SIGTERM, then SIGKILL after this
+SUCCESS_MARKER = "_SUCCESS"
+DS_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+# The night's date, for templated operator fields: the trigger param ``ds`` when set, else
+# the run's logical date (a manual Airflow 3 run may have none: then ``{{ ds }}`` fails).
+DS_TEMPLATE = "{{ crossrec_ds(params, dag_run) }}"
 
 # The run params a manual trigger may set, as Jinja for templated operator fields.
 PARAM_TEMPLATES = {
@@ -55,6 +64,10 @@ def dag_params(settings: Settings) -> dict[str, Param]:
     """Params of a manual trigger, validated by Airflow (JSON schema) before the run starts."""
     domain_schema = {"type": "string", "pattern": DOMAIN_NAME_PATTERN.pattern}
     return {
+        "ds": Param(
+            None, type=["null", "string"], pattern=DS_PATTERN.pattern, format="date",
+            description="Night to run, YYYY-MM-DD; empty: the run's logical date (a run without one needs it).",
+        ),
         "model": Param(
             settings.model.name, enum=["auto", *MODEL_NAMES],
             description="Model to train; 'auto' trains every configured candidate and keeps the best on target validation NDCG@10.",
@@ -68,6 +81,43 @@ def dag_params(settings: Settings) -> dict[str, Param]:
     }
 
 
+def resolve_ds(params: Mapping[str, Any] | None, dag_run: Any) -> str:
+    """The night a run processes: the ``ds`` param when given, else the run's logical date."""
+    chosen = (params or {}).get("ds")
+    if chosen:
+        return parse_param_ds(chosen)
+    logical_date = getattr(dag_run, "logical_date", None)
+    if logical_date is None:
+        raise AirflowFailException(
+            "this run has no logical date and no 'ds' param: trigger it with --conf '{\"ds\": \"YYYY-MM-DD\"}' "
+            "or with a logical date"
+        )
+    return logical_date.astimezone(UTC).date().isoformat()
+
+
+def parse_param_ds(value: Any) -> str:
+    text = str(value)
+    try:
+        if DS_PATTERN.match(text):
+            return datetime.strptime(text, "%Y-%m-%d").date().isoformat()
+    except ValueError:
+        pass
+    raise AirflowFailException(f"param ds must be a date YYYY-MM-DD, got {value!r}")
+
+
+def dag_macros() -> dict[str, Any]:
+    """``user_defined_macros`` of the DAG: what :data:`DS_TEMPLATE` calls."""
+    return {"crossrec_ds": resolve_ds}
+
+
+def task_timeout(settings: Settings, task: str) -> timedelta:
+    return timedelta(minutes=settings.orchestration.stage_timeout_minutes[task])
+
+
+def dagrun_timeout(settings: Settings) -> timedelta:
+    return timedelta(minutes=settings.orchestration.dagrun_timeout_minutes)
+
+
 def start_datetime(settings: Settings) -> datetime:
     return datetime.combine(settings.orchestration.start_date, time(), tzinfo=UTC)
 
@@ -79,6 +129,7 @@ def default_args(settings: Settings) -> dict[str, Any]:
         "retry_delay": timedelta(seconds=orchestration.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(seconds=orchestration.max_retry_delay_seconds),
+        "on_failure_callback": AlertOnFailure(settings),
     }
 
 
@@ -120,17 +171,71 @@ def stage_environment(settings: Settings, stage: str) -> dict[str, str]:
     return {"CROSSREC_SPARK__MASTER": spark_master(settings)} if stage == "score" else {}
 
 
-def run_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> None:
-    """Run ``jobs/<stage>.py`` as a child process, streaming its output to the task log."""
+def start_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> subprocess.Popen:
+    """Start ``jobs/<stage>.py`` as a child process leading its own process group, so that
+    :func:`stop_job` also reaches whatever it starts (data loader workers, ...)."""
     command = [sys.executable, str(JOBS_DIR / f"{stage}.py"), *stage_arguments(settings, stage, ds, params)]
     environment = stage_environment(settings, stage)
     log.info("running %s%s", " ".join(command), "".join(f" ({k}={v})" for k, v in environment.items()))
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env={**os.environ, **environment})
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
+        env={**os.environ, **environment},
+    )
+
+
+def follow_job(process: subprocess.Popen, stage: str, ds: str) -> None:
+    """Stream the job's output to the task log and raise for its exit code. Whatever
+    interrupts the wait (a timeout, a signal) stops the job's process group first."""
     last_lines: list[str] = []
-    for line in process.stdout:
-        log.info("%s", line.rstrip())
-        last_lines = [*last_lines[-4:], line.rstrip()]
-    raise_for_exit(stage, ds, process.wait(), "\n".join(last_lines))
+    try:
+        for line in process.stdout:
+            log.info("%s", line.rstrip())
+            last_lines = [*last_lines[-4:], line.rstrip()]
+        exit_code = process.wait()
+    except BaseException:
+        stop_job(process)
+        raise
+    raise_for_exit(stage, ds, exit_code, "\n".join(last_lines))
+
+
+def stop_job(process: subprocess.Popen, grace_seconds: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the job's process group, SIGKILL it after ``grace_seconds``, and reap the job."""
+    group = process.pid  # start_new_session: the job leads a group of its own id
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # the job and everything it started are gone already
+    log.warning("stopping the process group %d of %s", group, process.args[1] if len(process.args) > 1 else process.args)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(group, signal.SIGKILL)  # members that outlived the leader or ignored SIGTERM
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+class StageJobOperator(BaseOperator):
+    """Runs one torch or Delta stage (``jobs/<stage>.py``) for the run's ds. When Airflow
+    kills the task (timeout, marked failed, cleared), ``on_kill`` stops the job's whole
+    process group, so no training keeps running behind a dead task."""
+
+    def __init__(self, *, settings: Settings, stage: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.stage = stage
+        self._process: subprocess.Popen | None = None
+
+    def execute(self, context) -> None:
+        ds = resolve_ds(context["params"], context["dag_run"])
+        self._process = start_job(self.settings, self.stage, ds, context["params"])
+        follow_job(self._process, self.stage, ds)
+
+    def on_kill(self) -> None:
+        if self._process is not None:
+            stop_job(self._process)
 
 
 def raise_for_exit(stage: str, ds: str, exit_code: int, output_tail: str) -> None:
@@ -161,7 +266,7 @@ def spark_stage(settings: Settings, stage: str, domain: str | None = None, **kwa
     the driver's address and shuffle partitions from ``settings.spark``, see spark_session)."""
     return StageSparkSubmitOperator(
         application=str(JOBS_DIR / f"{stage}.py"),
-        application_args=stage_arguments(settings, stage, "{{ ds }}", PARAM_TEMPLATES, domain=domain),
+        application_args=stage_arguments(settings, stage, DS_TEMPLATE, PARAM_TEMPLATES, domain=domain),
         conn_id=settings.orchestration.spark_conn_id,
         name=f"crossrec_{stage}",
         conf={
@@ -171,19 +276,23 @@ def spark_stage(settings: Settings, stage: str, domain: str | None = None, **kwa
             **settings.spark.conf,
         },
         env_vars={"PYSPARK_PYTHON": sys.executable},
+        execution_timeout=task_timeout(settings, stage),
         **kwargs,
     )
 
 
 class RawPartitionSensor(BaseSensorOperator):
-    """Waits for ``raw/domain=D/ds=DS`` to hold data files; on timeout, fails naming the path."""
+    """Waits for ``raw/domain=D/ds=DS`` to hold data files, or with ``success_marker`` for
+    its ``_SUCCESS`` file (written by the producer once the whole delivery is there); on
+    timeout, fails naming the path."""
 
     template_fields = ("domain",)
 
-    def __init__(self, *, lake: Path, domain: str, **kwargs: Any) -> None:
+    def __init__(self, *, lake: Path, domain: str, success_marker: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.lake = str(lake)
         self.domain = domain
+        self.success_marker = success_marker
 
     def raw_path(self, ds: str) -> Path:
         from crossrec_core.contracts import RAW
@@ -191,27 +300,124 @@ class RawPartitionSensor(BaseSensorOperator):
 
         return Lake(self.lake).partition_path(RAW, domain=self.domain, ds=ds)
 
+    def awaited(self, context) -> Path:
+        """What this sensor waits for: the partition, or its ``_SUCCESS`` marker."""
+        path = self.raw_path(resolve_ds(context["params"], context["dag_run"]))
+        return path / SUCCESS_MARKER if self.success_marker else path
+
     def poke(self, context) -> bool:
-        path = self.raw_path(context["ds"])
-        ready = path.is_dir() and any(p.is_file() and not p.name.startswith((".", "_")) for p in path.rglob("*"))
-        log.info("raw partition %s %s", path, "is ready" if ready else "is not there yet")
+        awaited = self.awaited(context)
+        if self.success_marker:
+            ready = awaited.is_file()
+        else:
+            ready = awaited.is_dir() and any(p.is_file() and not p.name.startswith((".", "_")) for p in awaited.rglob("*"))
+        log.info("raw %s %s", awaited, "is ready" if ready else "is not there yet")
         return ready
 
     def execute(self, context):
         try:
             return super().execute(context)
         except AirflowSensorTimeout as err:
-            raise AirflowSensorTimeout(
-                f"raw partition {self.raw_path(context['ds'])} did not arrive within {self.timeout:.0f} s: {err}"
-            ) from err
+            raise AirflowSensorTimeout(f"raw {self.awaited(context)} did not arrive within {self.timeout:.0f} s: {err}") from err
 
 
-def gate_allows_publishing(settings: Settings, ds: str) -> bool:
-    """The evaluate stage's decision; False skips score and publish (the served list stays)."""
+def gate(settings: Settings, context) -> bool:
+    """The ``gate`` task: the evaluate stage's decision for the run's ds. False skips score
+    and publish (the served list stays) and raises a ``gated`` alert; the run stays green."""
+    from crossrec_core.contracts import AlertKind
     from crossrec_core.lake import Lake
     from crossrec_core.serving import gate_decision
 
+    ds = resolve_ds(context["params"], context["dag_run"])
     decision = gate_decision(Lake(settings.lake), ds)
     log.log(logging.INFO if decision["publish"] else logging.WARNING,
             "gate for ds=%s: %s: %s", ds, "publish" if decision["publish"] else "KEEP THE SERVED MODEL", decision.get("reason"))
+    if not decision["publish"]:
+        _task_alert(settings, context, AlertKind.GATED, ds, f"the gate kept the served model: {decision.get('reason', '')}")
     return bool(decision["publish"])
+
+
+# ---- alerts ------------------------------------------------------------------------------
+def alert_webhook(conn_id: str):
+    """The webhook of the Airflow connection ``conn_id`` (None when there is no such
+    connection). URL: the connection's host when it holds a scheme (``https://...``), else
+    ``schema://host[:port]``, then ``extra.endpoint``; a password becomes a bearer token."""
+    from crossrec_core.alerts import Webhook
+
+    try:
+        connection = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    host = connection.host or ""
+    url = host if "://" in host else f"{connection.schema or 'https'}://{host}"
+    if connection.port:
+        url += f":{connection.port}"
+    url += connection.extra_dejson.get("endpoint", "")
+    headers = {"Authorization": f"Bearer {connection.password}"} if connection.password else {}
+    return Webhook(url=url, headers=headers)
+
+
+def raise_alert(
+    settings: Settings, kind, ds: str, message: str, *, dag_id: str, run_id: str, task_id: str = "", try_number: int = 0
+) -> str:
+    """Record an alert (and post it when the webhook connection exists); returns the post's outcome."""
+    from crossrec_core.alerts import Alert
+    from crossrec_core.alerts import raise_alert as record_and_post
+    from crossrec_core.lake import Lake
+
+    alert = Alert(
+        ds=ds, kind=kind, dag_id=dag_id, run_id=run_id, task_id=task_id, try_number=try_number, message=message
+    )
+    return record_and_post(Lake(settings.lake), alert, alert_webhook(settings.orchestration.alerts_conn_id))
+
+
+def _task_alert(settings: Settings, context, kind, ds: str, message: str) -> str:
+    task_instance, dag_run = context["ti"], context["dag_run"]
+    return raise_alert(
+        settings, kind, ds, message, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+        task_id=task_instance.task_id, try_number=int(task_instance.try_number or 0),
+    )
+
+
+def _alert_ds(context) -> str:
+    """The run's ds; a run without one is filed under the day it was created."""
+    dag_run = context.get("dag_run")
+    try:
+        return resolve_ds(context.get("params"), dag_run)
+    except AirflowFailException:
+        return (getattr(dag_run, "run_after", None) or datetime.now(UTC)).astimezone(UTC).date().isoformat()
+
+
+class AlertOnFailure:
+    """``on_failure_callback`` of every task: a ``task_failed`` alert naming the error
+    (called once the task has failed for good: after its last retry, or at once on exit 2)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, context) -> None:
+        from crossrec_core.contracts import AlertKind
+
+        error = context.get("exception")
+        message = f"{type(error).__name__}: {error}" if error is not None else "failed"
+        _task_alert(self.settings, context, AlertKind.TASK_FAILED, _alert_ds(context), message)
+
+
+class AlertOnRunFailure:
+    """``on_failure_callback`` of the DAG (run by Airflow's dag processor): a ``run_failed``
+    alert when the run failed for its own reason (``timed_out``: past dagrun_timeout). A run
+    failed by a task raises no second alert: the task's names the cause."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, context) -> None:
+        from crossrec_core.contracts import AlertKind
+
+        reason = context.get("reason") or "failed"
+        if reason == "task_failure":
+            return
+        raise_alert(
+            self.settings, AlertKind.RUN_FAILED, _alert_ds(context), f"the DAG run failed: {reason}",
+            dag_id=context["dag"].dag_id, run_id=context["run_id"],
+        )

@@ -18,10 +18,10 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from crossrec_core.contracts import RECOMMENDATIONS, RUN_REPORTS
+from crossrec_core.contracts import ALERTS, RECOMMENDATIONS, RUN_REPORTS
 from crossrec_core.lake import Lake
 
-QUERY_TABLES = {"recommendations": RECOMMENDATIONS, "run_reports": RUN_REPORTS}
+QUERY_TABLES = {"recommendations": RECOMMENDATIONS, "run_reports": RUN_REPORTS, "alerts": ALERTS}
 _EXPLAIN_KEYWORDS = {"explain", "analyze"}
 
 

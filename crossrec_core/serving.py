@@ -31,14 +31,17 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from crossrec_core.config import Settings
-from crossrec_core.contracts import RECOMMENDATIONS, RUN_REPORTS, SCORES, Segment, StageStatus, Table
+from crossrec_core.contracts import ALERTS, RECOMMENDATIONS, RUN_REPORTS, SCORES, Segment, StageStatus, Table
 from crossrec_core.lake import STAGING_DIR, Lake, LakeError, MissingPartitionError
 from crossrec_core.reports import StageReport, stage_run
 
 log = logging.getLogger(__name__)
 
 GATE_FILE = "gate.json"  # written by the evaluate stage (crossrec_core.gate) beside the model
-DELTA_TABLES = (RECOMMENDATIONS, RUN_REPORTS)
+DELTA_TABLES = (RECOMMENDATIONS, RUN_REPORTS, ALERTS)
+# Tables written one small row at a time (a file per stage run or alert): `crossrec compact`
+# merges their files. Recommendations are not: publish writes each partition whole.
+COMPACTED_TABLES = (RUN_REPORTS, ALERTS)
 SERVED_COLUMNS = ["rank", "item_id", "score", "model_version", "segment", "because"]
 
 
@@ -109,7 +112,8 @@ def publish_scores(lake: Lake, ds: str, domain: str, metrics: dict[str, Any] | N
     staging = lake.root / STAGING_DIR / f"publish__{ds}__{domain}__{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
-        copies = [Path(shutil.copy2(f, staging / f.name)) for f in files]
+        # fresh modification times: a full vacuum must not take them for old orphans before the commit
+        copies = [Path(shutil.copy(f, staging / f.name)) for f in files]
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in copies)
         size = sum(f.stat().st_size for f in copies)
         version = lake.commit_delta_partition(RECOMMENDATIONS, copies, metrics=metrics, ds=ds, domain=domain)
@@ -152,14 +156,96 @@ def publish_stage(settings: Settings, ds: str) -> StageReport:
 
 
 def restore_recommendations(lake: Lake, version: int) -> int:
-    """Roll ``serving/recommendations`` back to the content of ``version`` (one new commit;
-    time travel keeps every version in between). Returns the new table version."""
+    """Roll the WHOLE of ``serving/recommendations`` back to the content of ``version``:
+    every ds and domain, so nights published after ``version`` are no longer served (one
+    new commit; time travel keeps every version in between). Returns the new table version.
+    To roll back one night only, see :func:`restore_night`."""
     table = lake.delta_table(RECOMMENDATIONS)
     if not 0 <= version < table.version():
         raise LakeError(f"{RECOMMENDATIONS.path}: version {version} is not an earlier version (latest is {table.version()})")
     table.restore(version)
     log.info("restored %s to the content of version %d as version %d", RECOMMENDATIONS.path, version, table.version())
     return table.version()
+
+
+def restore_night(lake: Lake, ds: str, version: int) -> int:
+    """Serve again, for night ``ds`` only, the rows that table ``version`` held for it (every
+    domain of that ds); other nights stay as they are. One delta-rs commit replaces the ds
+    partition. Returns the new table version."""
+    from deltalake import CommitProperties, write_deltalake
+
+    latest = lake.delta_table(RECOMMENDATIONS).version()
+    if not 0 <= version < latest:
+        raise LakeError(f"{RECOMMENDATIONS.path}: version {version} is not an earlier version (latest is {latest})")
+    earlier = snapshot(lake, RECOMMENDATIONS, version)
+    if ds not in earlier.days():
+        raise MissingPartitionError(
+            f"{RECOMMENDATIONS.path} version {version} has no partition ds={ds}; days present: {', '.join(earlier.days()) or 'none'}"
+        )
+    try:
+        rows = earlier.dataset.to_table(filter=pc.field("ds") == ds)
+    except FileNotFoundError as err:
+        raise LakeError(
+            f"{RECOMMENDATIONS.path} version {version}: its files for ds={ds} were vacuumed ({err}); "
+            "versions older than the vacuum's --keep-days can no longer be restored"
+        ) from None
+    rows = RECOMMENDATIONS.validate(rows, with_partitions=True)
+    write_deltalake(
+        str(lake.table_root(RECOMMENDATIONS)),
+        rows,
+        mode="overwrite",
+        predicate=f"ds = '{ds}'",
+        partition_by=RECOMMENDATIONS.partition_names,
+        commit_properties=CommitProperties(custom_metadata={"crossrec": json.dumps({"restored_ds": ds, "from_version": version})}),
+    )
+    new_version = lake.delta_table(RECOMMENDATIONS).version()
+    log.info("restored ds=%s of %s to its rows of version %d as version %d", ds, RECOMMENDATIONS.path, version, new_version)
+    return new_version
+
+
+# ---- freshness -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServedList:
+    """The list served for one domain: its newest ds partition in the current snapshot."""
+
+    domain: str
+    ds: str | None  # None: nothing served for the domain
+    rows: int = 0
+    model_version: str | None = None
+    published_at: datetime | None = None  # when its files were committed
+
+    def age_hours(self, now: datetime) -> float | None:
+        return None if self.published_at is None else (now - self.published_at).total_seconds() / 3600
+
+
+def served_lists(lake: Lake, domains: Iterable[str]) -> list[ServedList]:
+    """What is served for each of ``domains`` and for every other domain in the table,
+    from the Delta log's file entries (row counts, commit times; no data read)."""
+    if not lake.delta_exists(RECOMMENDATIONS):
+        return [ServedList(domain, None) for domain in sorted(set(domains))]
+    delta = lake.delta_table(RECOMMENDATIONS)
+    files = pa.table(delta.get_add_actions(flatten=True)).to_pylist()
+    newest: dict[str, str] = {}
+    for f in files:
+        domain, ds = f["partition.domain"], f["partition.ds"]
+        newest[domain] = max(newest.get(domain, ds), ds)
+    lists = []
+    for domain in sorted(set(domains) | set(newest)):
+        ds = newest.get(domain)
+        if ds is None:
+            lists.append(ServedList(domain, None))
+            continue
+        partition = [f for f in files if f["partition.domain"] == domain and f["partition.ds"] == ds]
+        committed = datetime.fromtimestamp(max(f["modification_time"] for f in partition) / 1000, UTC)  # epoch ms
+        served = latest_served(lake, domain) or {}
+        lists.append(ServedList(
+            domain=domain,
+            ds=ds,
+            rows=sum(f["num_records"] for f in partition),
+            model_version=served.get("model_version"),
+            published_at=committed,
+        ))
+    return lists
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -359,7 +445,9 @@ def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResu
         if old and not dry_run:
             delta.delete(f"ds < '{cutoff}'")
             result.delete_commits[table.path] = delta.version()
-        vacuumed = delta.vacuum(retention_hours=keep_days * 24, enforce_retention_duration=False, dry_run=dry_run)
+        # full: also files no commit references (a publish that died between moving its
+        # files in and committing them), once they are older than the kept window
+        vacuumed = delta.vacuum(retention_hours=keep_days * 24, enforce_retention_duration=False, dry_run=dry_run, full=True)
         result.removed_files += [f"{table.path}/{f}" for f in vacuumed]
 
     served = _served_model_versions(lake, kept_from.get(RECOMMENDATIONS.name))
@@ -382,6 +470,29 @@ def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResu
         keep_days, ", dry run" if dry_run else "", len(result.removed_partitions), len(result.removed_files),
     )
     return result
+
+
+@dataclass(frozen=True)
+class Compacted:
+    table: str
+    files_removed: int
+    files_added: int
+    table_version: int
+
+
+def compact_tables(lake: Lake) -> list[Compacted]:
+    """Merge the small files of run_reports and alerts, per ds partition (delta-rs
+    ``optimize.compact``: one commit per table, rows unchanged). The replaced files stay on
+    disk for time travel until ``vacuum_lake`` removes them."""
+    results = []
+    for table in COMPACTED_TABLES:
+        if not lake.delta_exists(table):
+            continue
+        delta = lake.delta_table(table)
+        metrics = delta.optimize.compact()
+        results.append(Compacted(table.path, metrics["numFilesRemoved"], metrics["numFilesAdded"], delta.version()))
+        log.info("compacted %s: %d files into %d", table.path, metrics["numFilesRemoved"], metrics["numFilesAdded"])
+    return results
 
 
 def _remove_empty_parents(path: Path, stop: Path) -> None:

@@ -6,7 +6,10 @@
 
 Wiring only: every task runs a stage of crossrec_core as its own process (see
 crossrec_core/orchestration.py). Configuration: crossrec's YAML/env settings
-(CROSSREC_CONFIG, CROSSREC_*).
+(CROSSREC_CONFIG, CROSSREC_*). The night is the trigger param ``ds`` when given, else
+the run's logical date. Every task has a time limit (orchestration.stage_timeout_minutes)
+and the run one (dagrun_timeout_minutes); a failure or a gated night records an alert
+(serving/alerts) and posts it to the webhook of the ``crossrec_alerts`` connection.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ torch_queue = {"queue": settings.orchestration.torch_queue} if settings.orchestr
     start_date=orchestration.start_datetime(settings),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=orchestration.dagrun_timeout(settings),
+    on_failure_callback=orchestration.AlertOnRunFailure(settings),
     params=orchestration.dag_params(settings),
+    user_defined_macros=orchestration.dag_macros(),
     default_args=orchestration.default_args(settings),
     tags=["crossrec"],
     doc_md=__doc__,
@@ -40,6 +46,7 @@ def crossrec_nightly():
             task_id=f"wait_for_raw_{role}",
             lake=settings.lake,
             domain=domain,
+            success_marker=settings.orchestration.raw_success_marker,
             poke_interval=settings.orchestration.raw_poke_seconds,
             timeout=settings.orchestration.raw_wait_minutes * 60,
             mode=settings.orchestration.sensor_mode,
@@ -51,32 +58,22 @@ def crossrec_nightly():
 
     featurize = orchestration.spark_stage(settings, "featurize", task_id="featurize", outlets=[assets["features"]])
 
-    @task(**torch_queue)
-    def train(ds=None, params=None):
-        orchestration.run_job(settings, "train", ds, params)
+    def stage(name: str, **kwargs):
+        return orchestration.StageJobOperator(
+            task_id=name, settings=settings, stage=name, execution_timeout=orchestration.task_timeout(settings, name), **kwargs
+        )
 
-    @task
-    def evaluate(ds=None, params=None):
-        orchestration.run_job(settings, "evaluate", ds, params)
+    @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=orchestration.task_timeout(settings, "gate"))
+    def gate(**context):
+        return orchestration.gate(settings, context)
 
-    @task.short_circuit(ignore_downstream_trigger_rules=False)
-    def gate(ds=None):
-        return orchestration.gate_allows_publishing(settings, ds)
+    train = stage("train", **torch_queue)
+    evaluate = stage("evaluate")
+    score = stage("score", **torch_queue)
+    publish = stage("publish", outlets=[assets["recommendations"]])
+    report = stage("report", trigger_rule=TriggerRule.ALL_DONE, retries=0)
 
-    @task(**torch_queue)
-    def score(ds=None, params=None):
-        # score.backend: spark runs on the spark_default connection's master, like clean and featurize
-        orchestration.run_job(settings, "score", ds, params)
-
-    @task(outlets=[assets["recommendations"]])
-    def publish(ds=None, params=None):
-        orchestration.run_job(settings, "publish", ds, params)
-
-    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
-    def report(ds=None, params=None):
-        orchestration.run_job(settings, "report", ds, params)
-
-    cleaned >> featurize >> train() >> evaluate() >> gate() >> score() >> publish() >> report()
+    cleaned >> featurize >> train >> evaluate >> gate() >> score >> publish >> report
 
 
 crossrec_nightly()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -124,15 +125,178 @@ def test_exit_code_2_fails_without_retry_and_others_retry():
     assert not isinstance(caught.value, AirflowFailException)
 
 
+def run_context(ds: str | None = None, logical_date: str | None = None, **params) -> dict:
+    """The part of an Airflow task context the crossrec tasks read: params and the dag run."""
+    from types import SimpleNamespace
+
+    logical = datetime.fromisoformat(logical_date).replace(tzinfo=UTC) if logical_date else None
+    dag_run = SimpleNamespace(dag_id="crossrec_nightly", run_id="manual__test", logical_date=logical, run_after=datetime.now(UTC))
+    return {"params": {"ds": ds, **params}, "dag_run": dag_run}
+
+
 def test_a_missing_raw_day_times_out_naming_the_path(tmp_path):
     from airflow.sdk.exceptions import AirflowSensorTimeout
 
     from crossrec_core.orchestration import RawPartitionSensor
 
     sensor = RawPartitionSensor(task_id="wait_for_raw_source", lake=tmp_path, domain="movies", poke_interval=0.01, timeout=0.05)
+    context = run_context(logical_date="2026-01-02")
     with pytest.raises(AirflowSensorTimeout, match=r"raw/domain=movies/ds=2026-01-02 did not arrive within"):
-        sensor.execute({"ds": "2026-01-02"})
+        sensor.execute(context)
     partition = tmp_path / "raw" / "domain=movies" / "ds=2026-01-02"
     partition.mkdir(parents=True)
     (partition / "events.csv").write_text("user_id,item_id,ts\nu,i,1\n")
-    assert sensor.poke({"ds": "2026-01-02"}) is True
+    assert sensor.poke(context) is True
+
+
+def test_marker_mode_waits_for_the_success_file_not_the_first_data_file(tmp_path):
+    from airflow.sdk.exceptions import AirflowSensorTimeout
+
+    from crossrec_core.orchestration import RawPartitionSensor
+
+    sensor = RawPartitionSensor(
+        task_id="wait_for_raw_source", lake=tmp_path, domain="movies", success_marker=True, poke_interval=0.01, timeout=0.05
+    )
+    context = run_context(ds="2026-01-02")
+    partition = tmp_path / "raw" / "domain=movies" / "ds=2026-01-02"
+    partition.mkdir(parents=True)
+    (partition / "part-1.csv").write_text("user_id,item_id,ts\nu,i,1\n")  # the delivery is still arriving
+
+    assert sensor.poke(context) is False
+    with pytest.raises(AirflowSensorTimeout, match=r"raw/domain=movies/ds=2026-01-02/_SUCCESS did not arrive within"):
+        sensor.execute(context)
+    (partition / "_SUCCESS").touch()
+    assert sensor.poke(context) is True
+
+
+def test_the_marker_mode_is_set_from_config(monkeypatch):
+    import runpy
+
+    monkeypatch.setenv("CROSSREC_ORCHESTRATION__RAW_SUCCESS_MARKER", "true")
+    dag = runpy.run_path(str(DAG_FILE))["crossrec_nightly"]()
+    assert dag.get_task("wait_for_raw_source").success_marker and dag.get_task("wait_for_raw_target").success_marker
+
+
+def test_every_task_has_its_configured_time_limit_and_the_run_one(monkeypatch):
+    import runpy
+    from datetime import timedelta
+
+    monkeypatch.setenv("CROSSREC_ORCHESTRATION__STAGE_TIMEOUT_MINUTES__TRAIN", "7")
+    monkeypatch.setenv("CROSSREC_ORCHESTRATION__DAGRUN_TIMEOUT_MINUTES", "600")
+    dag = runpy.run_path(str(DAG_FILE))["crossrec_nightly"]()
+
+    from crossrec_core.config import load_settings
+
+    defaults = load_settings().orchestration.stage_timeout_minutes
+    assert dag.dagrun_timeout == timedelta(minutes=600)
+    assert dag.get_task("train").execution_timeout == timedelta(minutes=7)
+    for task in dag.tasks:
+        if task.task_id.startswith("wait_for_raw_"):
+            continue  # sensors: raw_wait_minutes
+        stage = task.task_id.removesuffix("_source").removesuffix("_target")
+        if stage != "train":
+            assert task.execution_timeout == timedelta(minutes=defaults[stage]), task.task_id
+    assert all(task.on_failure_callback for task in dag.tasks) and dag.on_failure_callback
+
+
+def test_timeouts_must_cover_every_task_and_outlast_the_raw_wait():
+    from crossrec_core.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="stage_timeout_minutes.trian"):
+        load_settings(orchestration={"stage_timeout_minutes": {"trian": 5}})
+    with pytest.raises(ConfigError, match="must exceed raw_wait_minutes"):
+        load_settings(orchestration={"dagrun_timeout_minutes": 60, "raw_wait_minutes": 360})
+    with pytest.raises(ConfigError, match="timeouts must be > 0"):
+        load_settings(orchestration={"stage_timeout_minutes": {"train": 0}})
+
+
+def test_the_ds_param_wins_and_a_run_without_logical_date_uses_it(dag):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from crossrec_core.orchestration import resolve_ds
+
+    assert resolve_ds({"ds": "2026-01-02"}, run_context(logical_date=None)["dag_run"]) == "2026-01-02"
+    assert resolve_ds({"ds": "2026-01-02"}, run_context(logical_date="2026-05-05")["dag_run"]) == "2026-01-02"
+    assert resolve_ds({"ds": None}, run_context(logical_date="2026-05-05")["dag_run"]) == "2026-05-05"
+    with pytest.raises(AirflowFailException, match="no logical date and no 'ds' param"):
+        resolve_ds({"ds": None}, run_context()["dag_run"])
+
+    # the Spark tasks' templated arguments render with the DAG's own Jinja environment
+    clean = dag.get_task("clean_source")
+    context = run_context(ds="2026-01-02", source_domain="movies", target_domain="books", model="auto", k=10, retrain_from_scratch=False)
+    rendered = clean.render_template(clean.application_args, context, jinja_env=dag.get_template_env())
+    assert rendered[:2] == ["--ds", "2026-01-02"] and rendered[-2:] == ["--domain", "movies"]
+
+
+def test_the_ds_param_accepts_only_a_calendar_date(dag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = dag.params
+    for bad in ("2026-13-01", "20261105", "2026-W45-1", "2026-02-30", "yesterday"):
+        trial = ParamsDict({k: params.get_param(k) for k in params})
+        with pytest.raises(Exception, match="Invalid input|is not"):
+            trial["ds"] = bad
+            trial.validate()
+    trial = ParamsDict({k: params.get_param(k) for k in params})
+    trial["ds"] = "2026-02-28"
+    assert trial.validate()["ds"] == "2026-02-28"
+
+
+def test_on_kill_stops_the_stage_and_every_process_it_started(tmp_path, monkeypatch):
+    """A killed task (timeout, marked failed) must not leave its training running."""
+    import threading
+    import time
+
+    from airflow.sdk.exceptions import AirflowException
+
+    from crossrec_core import orchestration
+    from crossrec_core.config import load_settings
+
+    pids = tmp_path / "pids"
+    (tmp_path / "train.py").write_text(
+        "import subprocess, sys, time, os\n"
+        "child = subprocess.Popen(['sleep', '600'])  # e.g. a data loader worker\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "print('training', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    monkeypatch.setattr(orchestration, "JOBS_DIR", tmp_path)
+    task = orchestration.StageJobOperator(task_id="train", settings=load_settings(lake=tmp_path / "lake"), stage="train")
+    context = run_context(ds="2026-01-02", source_domain="movies", target_domain="books", model="auto", k=10, retrain_from_scratch=False)
+    failures: list[BaseException] = []
+
+    def execute():
+        try:
+            task.execute(context)
+        except BaseException as err:
+            failures.append(err)
+
+    runner = threading.Thread(target=execute)
+    runner.start()
+    while not (pids.exists() and pids.read_text()):
+        assert runner.is_alive(), failures
+        time.sleep(0.05)
+    job, grandchild = map(int, pids.read_text().split())
+
+    task.on_kill()
+    runner.join(timeout=60)
+
+    assert not runner.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], AirflowException) and "exited with -15" in str(failures[0])
+    for pid in (job, grandchild):
+        assert not alive(pid), f"process {pid} survived on_kill"
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper has ended)."""
+    import time
+
+    for _ in range(100):  # an orphaned grandchild is reaped by init shortly after it dies
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.05)
+    return True

@@ -18,6 +18,7 @@ from crossrec_core.config import load_settings
 from crossrec_core.contracts import RECOMMENDATIONS, RUN_REPORTS, SCORES, StageStatus
 from crossrec_core.reports import read_run_reports
 from crossrec_core.serving import (
+    compact_tables,
     latest_served,
     model_card_for,
     publish_stage,
@@ -281,3 +282,110 @@ def test_vacuum_drops_old_partitions_keeps_the_served_model_and_time_travel(lake
     first_night = [p for p in gone if p.startswith("serving/recommendations/ds=2026-01-01/domain=tgt/part-")]
     assert len(first_night) == 1 and not (lake.root / first_night[0]).exists()  # zero retention: deleted for good
     assert not any((lake.root / path).exists() for path in gone)
+
+
+def test_restore_of_one_night_leaves_the_other_nights_served(lake_root, lake):
+    first_5, first_6 = scores_table(USERS, 5, "2026-01-05", seed=1), scores_table(USERS, 5, "2026-01-06", seed=2)
+    publish_night(lake_root, lake, "2026-01-05", first_5)
+    publish_night(lake_root, lake, "2026-01-06", first_6)
+    good = lake.delta_table(RECOMMENDATIONS).version()
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS[:3], 5, "2026-01-05", seed=3))  # bad reruns of both nights
+    second_6 = scores_table(USERS, 5, "2026-01-06", seed=4)
+    publish_night(lake_root, lake, "2026-01-06", second_6)
+    before = lake.delta_table(RECOMMENDATIONS).version()
+    runner = CliRunner()
+
+    restored = runner.invoke(app, ["restore", "--ds", "2026-01-05", "--version", str(good), "--lake", str(lake_root)])
+
+    assert restored.exit_code == 0, restored.output
+    assert "ds=2026-01-05" in restored.stdout and "other nights unchanged" in restored.stdout
+    assert lake.delta_table(RECOMMENDATIONS).version() == before + 1  # one commit
+    by_user = [("user_id", "ascending"), ("rank", "ascending")]
+    assert served_rows(lake, "2026-01-05").equals(first_5.sort_by(by_user))
+    assert served_rows(lake, "2026-01-06").equals(second_6.sort_by(by_user))  # the other night keeps its newest rows
+
+    whole = runner.invoke(app, ["restore", "--version", str(good), "--lake", str(lake_root)])  # the whole table: every ds
+
+    assert whole.exit_code == 0, whole.output
+    assert served_rows(lake, "2026-01-06").equals(first_6.sort_by(by_user))
+
+
+def test_restore_of_a_night_the_version_does_not_hold_is_refused(lake_root, lake):
+    from crossrec_core.lake import LakeError, MissingPartitionError
+    from crossrec_core.serving import restore_night
+
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 2, "2026-01-05"))
+    publish_night(lake_root, lake, "2026-01-06", scores_table(USERS, 2, "2026-01-06"))
+    latest = lake.delta_table(RECOMMENDATIONS).version()
+
+    with pytest.raises(MissingPartitionError, match="version 1 has no partition ds=2026-01-06; days present: 2026-01-05"):
+        restore_night(lake, "2026-01-06", 1)
+    with pytest.raises(LakeError, match=f"version {latest} is not an earlier version"):
+        restore_night(lake, "2026-01-05", latest)
+    assert lake.delta_table(RECOMMENDATIONS).version() == latest
+    help_text = CliRunner().invoke(app, ["restore", "--help"]).stdout
+    assert "EVERY ds" in help_text and "whole table" in " ".join(help_text.split())
+
+
+def test_status_prints_age_and_rows_per_domain_and_fails_when_stale(lake_root, lake):
+    runner = CliRunner()
+    nothing = runner.invoke(app, ["status", "--json", "--lake", str(lake_root), "--domain", "tgt"])
+    assert nothing.exit_code == 1 and json.loads(nothing.stdout)["lists"][0]["state"] == "missing"
+
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 5, "2026-01-05"))
+    publish_night(lake_root, lake, "2026-01-06", scores_table(USERS[:4], 5, "2026-01-06"))
+    publish_night(lake_root, lake, "2026-01-07", scores_table(USERS, 5, "2026-01-07"), publish=False)  # gated
+
+    fresh = runner.invoke(app, ["status", "--json", "--lake", str(lake_root), "--domain", "tgt"])
+    assert fresh.exit_code == 0, fresh.output
+    [served] = json.loads(fresh.stdout)["lists"]
+    assert served["ds"] == "2026-01-06" and served["rows"] == 20 and served["state"] == "fresh"
+    assert served["model_version"] == fake_model_version("2026-01-06") and 0 <= served["age_hours"] < 1
+
+    stale = runner.invoke(app, ["status", "--max-age-hours", "0", "--lake", str(lake_root), "--domain", "tgt"])
+    assert stale.exit_code == 1 and "stale" in stale.stdout and "2026-01-06" in stale.stdout
+
+    other_target = runner.invoke(app, ["status", "--json", "--lake", str(lake_root)])  # configured target 'books': none
+    states = {row["domain"]: row["state"] for row in json.loads(other_target.stdout)["lists"]}
+    assert other_target.exit_code == 1 and states == {"books": "missing", "tgt": "fresh"}
+
+
+def test_compact_merges_run_report_files_and_keeps_every_row(lake_root, lake):
+    from crossrec_core.reports import stage_run
+
+    for ds in ["2026-01-05", "2026-01-06"]:
+        for stage in ["featurize", "train", "evaluate"]:  # a file of one row each
+            with stage_run(lake, stage, ds) as report:
+                report.rows_in = len(stage)
+    before = snapshot(lake, RUN_REPORTS).dataset.to_table().sort_by([("ds", "ascending"), ("stage", "ascending")])
+    files_before = len(lake.delta_file_uris(RUN_REPORTS))
+
+    shown = CliRunner().invoke(app, ["compact", "--lake", str(lake_root)])
+
+    assert shown.exit_code == 0, shown.output
+    [result] = compact_tables(lake) or [None]  # compacting again finds nothing left to merge
+    assert result.files_removed == 0
+    assert files_before == 6 and len(lake.delta_file_uris(RUN_REPORTS)) == 2  # one file per ds partition
+    after = snapshot(lake, RUN_REPORTS).dataset.to_table().sort_by([("ds", "ascending"), ("stage", "ascending")])
+    assert after.equals(before.select(after.column_names))
+    assert "serving/run_reports: 6 files merged into 2" in shown.stdout
+
+
+def test_vacuum_removes_files_a_failed_commit_left_behind(lake_root, lake):
+    import os
+    import shutil
+    import time
+
+    publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 2, "2026-01-05"))
+    served_before = served_rows(lake, "2026-01-05")
+    partition = lake.table_root(RECOMMENDATIONS) / "ds=2026-01-05" / "domain=tgt"
+    orphan = partition / "part-orphan-of-a-crashed-publish.parquet"  # moved in, never committed
+    shutil.copy(next(partition.glob("part-*.parquet")), orphan)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(orphan, (two_days_ago, two_days_ago))
+
+    result = vacuum_lake(lake, keep_days=1)
+
+    assert f"serving/recommendations/ds=2026-01-05/domain=tgt/{orphan.name}" in result.removed_files
+    assert not orphan.exists()
+    assert served_rows(lake, "2026-01-05").equals(served_before)

@@ -1,4 +1,5 @@
-"""Query commands: ``recs``, ``sql``, ``tables``, ``vacuum`` (read the serving Delta tables)."""
+"""Query commands: ``recs``, ``sql``, ``tables``, ``status``, ``restore``, ``compact``, ``vacuum``
+(the serving Delta tables)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
         lake: LakeOption = None,
     ) -> None:
-        """Read-only SQL (DuckDB) over the tables recommendations and run_reports (current snapshots)."""
+        """Read-only SQL (DuckDB) over the tables recommendations, run_reports and alerts (current snapshots)."""
         from crossrec_core.lake import Lake
         from crossrec_core.query import run_query
 
@@ -131,18 +132,99 @@ def register(app: typer.Typer) -> None:
                 )))
             console.print(table)
 
-    @app.command("restore")
-    def restore(
-        version: Annotated[int, typer.Option("--version", min=0, help="earlier table version to serve again (see `crossrec tables`)")],
+    @app.command("status")
+    def status(
+        domain: Annotated[
+            list[str] | None, typer.Option("--domain", help="domain to check (repeatable; default: the target domain and every domain served)")
+        ] = None,
+        max_age_hours: Annotated[
+            float | None, typer.Option("--max-age-hours", min=0, help="stale past this age (default: orchestration.stale_after_hours)")
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON (for machines)")] = False,
         config: ConfigOption = None,
         lake: LakeOption = None,
     ) -> None:
-        """Roll serving/recommendations back to an earlier version (one new Delta commit)."""
-        from crossrec_core.lake import Lake
-        from crossrec_core.serving import restore_recommendations
+        """Age and row count of the recommendation list served per domain. Exit code 1 when a
+        list is older than the threshold or a domain has none (for monitors)."""
+        from datetime import UTC, datetime
 
-        new_version = restore_recommendations(Lake(settings_from(config, lake).lake), version)
-        console.print(f"recommendations now serve the content of version {version} (as version {new_version})", highlight=False)
+        from crossrec_core.lake import Lake
+        from crossrec_core.serving import served_lists
+
+        settings = settings_from(config, lake)
+        limit = settings.orchestration.stale_after_hours if max_age_hours is None else max_age_hours
+        now = datetime.now(UTC)
+        lists = served_lists(Lake(settings.lake), domain or [settings.target])
+        if domain:
+            lists = [served for served in lists if served.domain in domain]
+        verdicts = []
+        for served in lists:
+            age = served.age_hours(now)
+            verdicts.append({
+                "domain": served.domain,
+                "ds": served.ds,
+                "rows": served.rows,
+                "model_version": served.model_version,
+                "published_at": served.published_at.isoformat() if served.published_at else None,
+                "age_hours": None if age is None else round(age, 2),
+                "state": "missing" if age is None else ("stale" if age > limit else "fresh"),
+            })
+        if as_json:
+            typer.echo(json.dumps({"max_age_hours": limit, "lists": verdicts}))
+        else:
+            table = RichTable(caption=Text(f"stale past {limit:g} hours"))
+            for column in ("domain", "ds", "rows", "age (h)", "published (UTC)", "model", "state"):
+                table.add_column(column, justify="right" if column in ("rows", "age (h)") else "left")
+            for v in verdicts:
+                table.add_row(*map(Text, (
+                    v["domain"], v["ds"] or "-", f"{v['rows']:,}", "-" if v["age_hours"] is None else f"{v['age_hours']:.1f}",
+                    v["published_at"][:19].replace("T", " ") if v["published_at"] else "-", v["model_version"] or "-", v["state"],
+                )))
+            console.print(table)
+        if any(v["state"] != "fresh" for v in verdicts):
+            raise typer.Exit(1)
+
+    @app.command("restore")
+    def restore(
+        version: Annotated[int, typer.Option("--version", min=0, help="earlier table version to serve again (see `crossrec tables`)")],
+        ds: Annotated[
+            str | None, typer.Option("--ds", help="restore only this night (YYYY-MM-DD); without it EVERY ds is rolled back")
+        ] = None,
+        config: ConfigOption = None,
+        lake: LakeOption = None,
+    ) -> None:
+        """Serve an earlier version of serving/recommendations again (one new Delta commit).
+        With --ds only that night's partition (all its domains) gets that version's rows;
+        without it the whole table is rolled back: every ds published after that version
+        disappears from what is served (time travel still has it)."""
+        from crossrec_core.lake import Lake
+        from crossrec_core.pipeline import parse_ds
+        from crossrec_core.serving import restore_night, restore_recommendations
+
+        the_lake = Lake(settings_from(config, lake).lake)
+        if ds is None:
+            new_version = restore_recommendations(the_lake, version)
+            console.print(f"recommendations now serve the content of version {version} (as version {new_version})", highlight=False)
+        else:
+            night = parse_ds(ds)
+            new_version = restore_night(the_lake, night, version)
+            console.print(
+                f"recommendations of ds={night} now serve their rows of version {version} (as version {new_version}); other nights unchanged",
+                highlight=False,
+            )
+
+    @app.command("compact")
+    def compact(config: ConfigOption = None, lake: LakeOption = None) -> None:
+        """Merge the small files of run_reports and alerts (one commit per table, rows
+        unchanged); `crossrec vacuum` later deletes the replaced files."""
+        from crossrec_core.lake import Lake
+        from crossrec_core.serving import compact_tables
+
+        for result in compact_tables(Lake(settings_from(config, lake).lake)):
+            console.print(
+                f"{result.table}: {result.files_removed} files merged into {result.files_added} (version {result.table_version})",
+                highlight=False, markup=False,
+            )
 
     @app.command("vacuum")
     def vacuum(
