@@ -31,6 +31,7 @@ import scipy.sparse as sp
 
 from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
+from crossrec_core.errors import InputError, MissingDataError
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,14 @@ class Splits:
 def _read_tsv(path: Path, column_types: dict[str, pa.DataType], header: bool) -> pa.Table:
     """A tab-separated file, typed; a missing file or a bad row names the file (and row)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingDataError(f"{path} does not exist")
     read_options = pv.ReadOptions(column_names=None if header else list(column_types))
     parse_options = pv.ParseOptions(delimiter="\t", quote_char=False)
     convert_options = pv.ConvertOptions(column_types=column_types, include_columns=list(column_types))
     try:
         return pv.read_csv(path, read_options=read_options, parse_options=parse_options, convert_options=convert_options)
     except (pa.ArrowInvalid, pa.ArrowKeyError) as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise InputError(f"{path}: {err}") from None
 
 
 def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +95,7 @@ def load_pairs(directory: str | Path, source: str, target: str) -> Splits:
     items = {key: table["item"].to_numpy() for key, table in tables.items()}
     for (domain, split), values in items.items():
         if values.size and values.min() < 0:
-            raise ValueError(f"{folders[domain] / f'{split}.txt'}: negative item id {values.min()}")
+            raise InputError(f"{folders[domain] / f'{split}.txt'}: negative item id {values.min()}")
     user_ids = np.unique(np.concatenate(list(users.values())))
     n_items = {domain: int(max(v.max(initial=-1) for (d, _), v in items.items() if d == domain)) + 1 for domain in (source, target)}
 
@@ -109,7 +110,7 @@ def load_pairs(directory: str | Path, source: str, target: str) -> Splits:
         holdout = matrix(target, split)
         overlap = np.flatnonzero(warm & (np.diff(holdout.indptr) > 0))
         if overlap.size:
-            raise ValueError(
+            raise InputError(
                 f"{folders[target] / f'{split}.txt'}: {overlap.size} users have target training rows, but this split "
                 f"must hold cold-start users only (e.g. user {user_ids[overlap[0]]})"
             )
@@ -142,7 +143,7 @@ def _genre_domains(items: pa.Table, source_genres: Sequence[str], target_genres:
     if not has_source.any() or not has_target.any():
         known = sorted(set(flat["genre"].to_pylist()))
         missing = "source" if not has_source.any() else "target"
-        raise ValueError(f"{path}: no movie carries a {missing} genre; genres in the file: {known}")
+        raise InputError(f"{path}: no movie carries a {missing} genre; genres in the file: {known}")
     keep = has_source ^ has_target
     domain = np.where(has_source, "source", "target")[keep]
     return pa.table({"item_id": items["item_id"].filter(pa.array(keep)), "domain": pa.array(domain)})
@@ -176,7 +177,7 @@ def load_recbole(
       domain is not evaluated; later source ratings of a user are not cut).
     """
     if min_target_interactions < 3:
-        raise ValueError(f"min_target_interactions must be >= 3 (one train, one validation, one test interaction), got {min_target_interactions}")
+        raise InputError(f"min_target_interactions must be >= 3 (one train, one validation, one test interaction), got {min_target_interactions}")
     started = time.perf_counter()
     directory = Path(directory)
     inter_path, item_path = directory / f"{dataset}.inter", directory / f"{dataset}.item"

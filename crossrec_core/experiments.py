@@ -26,6 +26,7 @@ from rich.console import Console
 
 from crossrec_core.config import ModelSettings
 from crossrec_core.datasets import Splits
+from crossrec_core.errors import InputError
 from crossrec_core.evaluation import evaluate_model
 from crossrec_core.models.base import Recommender
 
@@ -77,7 +78,7 @@ def run_experiment(
 
     unknown = [name for name in models if name not in Recommender.registry]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(Recommender.registry)}")
+        raise InputError(f"unknown model(s) {unknown}; known: {sorted(Recommender.registry)}")
     console = console or Console(stderr=True)
     run = ExperimentRun(models=list(models), seeds=list(seeds), protocols=list(protocols))
     steps, step = len(models) * len(seeds), 0
