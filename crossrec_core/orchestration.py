@@ -129,6 +129,7 @@ class StageSparkSubmitOperator(SparkSubmitOperator):
         except AirflowFailException:
             raise
         except AirflowException as err:
+            # the hook keeps the spark-submit process it ran; its message is not an interface
             process = self._hook._submit_sp if self._hook is not None else None
             if process is not None and process.returncode is not None:
                 raise_for_exit(self.task_id, context.get("ds"), process.returncode, str(err))
