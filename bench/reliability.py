@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.common import REPO, machine, write_section
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, FEATURE_INTERACTIONS, SCORES
-from crossrec_core.lake import Lake
+from crossrec_core.lake import Lake, MissingPartitionError
 from crossrec_core.model_store import MODEL_FILE, candidate_version, model_dir
 
 DS = "2026-03-10"
@@ -43,7 +43,7 @@ def partition_digest(lake: Lake, stage: str, settings) -> str | None:
     if stage == "train":
         try:
             path = model_dir(lake, candidate_version(lake, DS)) / MODEL_FILE
-        except FileNotFoundError:  # no model trained yet
+        except MissingPartitionError:  # no model trained yet
             return None
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
     table, values = {
@@ -73,7 +73,7 @@ class Reader:
         while not self.stop.is_set():
             try:
                 self.seen.add(partition_digest(self.lake, self.stage, self.settings))
-            except FileNotFoundError:  # the files it listed were swapped away: a retry, not a partial view
+            except (FileNotFoundError, MissingPartitionError):  # swapped away while listed: a retry, not a partial view
                 self.vanished += 1
 
 

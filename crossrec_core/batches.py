@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from crossrec_core.data import FeatureSet
+from crossrec_core.errors import MissingDataError
 
 def batch_key(field: str, domain: str) -> str:
     return f"{field}:{domain}"
@@ -136,7 +137,7 @@ class InteractionBatches:
                 sampler=sampler,
             )
         if self.n_examples == 0:
-            raise ValueError(f"no training interactions in domains {list(domains)}")
+            raise MissingDataError(f"no training interactions in domains {list(domains)}")
 
     @property
     def n_examples(self) -> int:

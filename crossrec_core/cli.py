@@ -27,20 +27,27 @@ for area in (ingest, pipeline, evaluation, serving):
     area.register(app)
 
 
-def run() -> None:
-    """Entry point: expected errors (bad config, bad input, missing data) print one clear
-    line and exit 2 instead of a stack trace."""
-    from crossrec_core.config import ConfigError
-    from crossrec_core.contracts import ContractError
-    from crossrec_core.lake import LakeError
+def run(argv: list[str] | None = None) -> None:
+    """Entry point. Expected errors (the crossrec error family: bad config, bad input,
+    missing data) and bad arguments print one line and exit 2, without a stack trace;
+    any other error keeps its stack trace (exit 1). A command's own exit code (``recs``
+    for an unknown user: 1; Ctrl-C: 130) is kept."""
+    from crossrec_core.errors import EXPECTED_FAILURE_EXIT, CrossrecError
+
+    def one_line(message: str) -> None:
+        # escape: a message may hold brackets (a regex, a list) that rich would take for markup
+        common.err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
     try:
-        app(standalone_mode=False)
-    except (ConfigError, ContractError, LakeError, ValueError, FileNotFoundError) as err:
-        # escape: a message may hold brackets (a regex, a list) that rich would take for markup
-        common.err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, markup=True)
-        sys.exit(2)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
+        exit_code = app(args=argv, prog_name="crossrec", standalone_mode=False)
+    except CrossrecError as err:
+        one_line(str(err))
+        sys.exit(EXPECTED_FAILURE_EXIT)
+    except typer.TyperException as err:  # click's errors: a bad argument or option exits 2
+        context = getattr(err, "ctx", None)
+        if err.format_message():  # empty when no arguments were given: the help is shown
+            one_line(f"{err.format_message()} (see {context.command_path if context else 'crossrec'} --help)")
+        sys.exit(err.exit_code)
     except typer.Abort:
         sys.exit(130)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)

@@ -1,9 +1,11 @@
 """One typed, validated configuration: embedded defaults, a YAML file, CROSSREC_* env vars.
 
-Precedence (highest first): environment (``CROSSREC_<KEY>``, nested keys joined by
-``__``), the YAML file given by ``--config`` or ``CROSSREC_CONFIG``, the embedded
-``defaults.yaml``. A wrong value fails at load time with :class:`ConfigError`, which
-names the key, the value and the allowed values.
+Precedence (highest first): explicit arguments (CLI flags, DAG trigger params, passed to
+:func:`load_settings` as ``overrides``), environment (``CROSSREC_<KEY>``, nested keys
+joined by ``__``), the YAML file given by ``--config`` or ``CROSSREC_CONFIG``, the
+embedded ``defaults.yaml``. A wrong value, an unknown key in a file or an unknown
+``CROSSREC_*`` variable fails at load time with :class:`ConfigError`, which names the
+key or variable, the value and the allowed values.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import re
 from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from crossrec_core.errors import CrossrecError
 
 MODEL_NAMES = ("popularity", "item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd")
 ModelName = Literal["popularity", "item_knn_cross", "ease_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd", "hybrid"]
@@ -26,8 +31,13 @@ ModelName = Literal["popularity", "item_knn_cross", "ease_cross", "target_only",
 # that no config value or trigger param can point outside the lake root.
 DOMAIN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
+ENV_PREFIX = "CROSSREC_"
+# CROSSREC_* variables that are not config keys: the config file, the images' install
+# directory (docker/), the benchmark page (bench/). Any other unknown one is refused.
+NON_SETTING_VARIABLES = frozenset({"CROSSREC_CONFIG", "CROSSREC_HOME", "CROSSREC_BENCH_DOCS"})
 
-class ConfigError(ValueError):
+
+class ConfigError(CrossrecError):
     """A configuration value is missing or not allowed; the message names the key."""
 
 
@@ -160,8 +170,15 @@ class OrchestrationSettings(_Section):
         return self
 
 
+class QuerySettings(_Section):
+    """Limits of ``crossrec sql`` (DuckDB)."""
+
+    timeout_seconds: float = Field(gt=0, description="a query running longer is stopped")
+    memory_limit: str = Field(pattern=r"(?i)^\d+(\.\d+)?\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)$", description="DuckDB memory_limit, e.g. 2GB")
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CROSSREC_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     lake: Path
     domains: Domains
@@ -180,6 +197,7 @@ class Settings(BaseSettings):
     score: ScoreSettings
     gate: GateSettings
     orchestration: OrchestrationSettings
+    query: QuerySettings
 
     @field_validator("event_weights")
     @classmethod
@@ -207,8 +225,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment wins over files; file values arrive as init kwargs (see load_settings).
-        return (env_settings, init_settings)
+        # load_settings merges every source itself, in precedence order, into init kwargs.
+        return (init_settings,)
 
     @property
     def source(self) -> str:
@@ -247,8 +265,43 @@ def _describe(error: dict[str, Any]) -> str:
     return f"config key '{key}': {message} (got {error.get('input')!r})"
 
 
+def _unknown_key(model: type[BaseModel], path: list[str]) -> str | None:
+    """Why ``path`` (lower-case key segments) names no config key, or None when it does."""
+    for depth, key in enumerate(path):
+        field = model.model_fields.get(key)
+        if field is None:
+            known = ", ".join(sorted(model.model_fields))
+            return f"unknown config key {'.'.join(path[: depth + 1])!r} (keys there: {known})"
+        if depth == len(path) - 1 or get_origin(field.annotation) is dict:
+            return None  # a leaf, or any key of a mapping such as event_weights
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return f"config key {'.'.join(path[: depth + 1])!r} has no sub-keys"
+        model = field.annotation
+    return None
+
+
+def _environment_values() -> dict[str, Any]:
+    """The config values set by CROSSREC_* variables (pydantic-settings parses them);
+    an unknown CROSSREC_* variable is refused, naming it, as an unknown YAML key is."""
+    for name in sorted(os.environ):
+        upper = name.upper()  # names are matched case-insensitively, as pydantic-settings does
+        if upper.startswith(ENV_PREFIX) and upper not in NON_SETTING_VARIABLES:
+            problem = _unknown_key(Settings, upper.removeprefix(ENV_PREFIX).lower().split("__"))
+            if problem:
+                raise ConfigError(
+                    f"environment variable {name}: {problem}; nested keys are joined by '__' "
+                    f"(e.g. CROSSREC_MODEL__NAME); other {ENV_PREFIX}* variables: {', '.join(sorted(NON_SETTING_VARIABLES))}"
+                )
+    try:
+        return EnvSettingsSource(Settings)()
+    except SettingsError as err:
+        raise ConfigError(f"environment: {err}") from None
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Load the configuration, validated; ``overrides`` (nested dicts) win over files."""
+    """Load the configuration, validated. Sources, lowest first: embedded defaults, the
+    YAML file, CROSSREC_* environment, then ``overrides`` (nested dicts: the explicit
+    arguments of a CLI command or job)."""
     values = _read_yaml(resources.files("crossrec_core").joinpath("defaults.yaml").read_text(), "defaults.yaml")
     config_file = config_file or os.environ.get("CROSSREC_CONFIG")
     if config_file:
@@ -256,8 +309,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         values = _deep_merge(values, _read_yaml(path.read_text(), str(path)))
+    values = _deep_merge(values, _environment_values())
     values = _deep_merge(values, overrides)
     try:
         return Settings(**values)
     except ValidationError as err:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in err.errors())) from None
+        raise ConfigError("invalid configuration: " + "; ".join(_describe(e) for e in err.errors())) from None

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from crossrec_core.errors import CrossrecError
+
 if TYPE_CHECKING:  # pyspark is heavy; only the Spark stages import it
     from pyspark.sql.types import StructType
 
@@ -145,7 +147,7 @@ class Table:
         return pa.Table.from_arrays(columns, schema=schema)
 
 
-class ContractError(ValueError):
+class ContractError(CrossrecError):
     """Data does not match its table's contract."""
 
 

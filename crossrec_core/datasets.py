@@ -33,6 +33,7 @@ import scipy.sparse as sp
 
 from crossrec_core.contracts import HOLDOUT_SPLITS, Segment
 from crossrec_core.data import FeatureSet
+from crossrec_core.errors import InputError, MissingDataError
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,14 @@ class Splits:
 def _read_tsv(path: Path, column_types: dict[str, pa.DataType], header: bool) -> pa.Table:
     """A tab-separated file, typed; a missing file or a bad row names the file (and row)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingDataError(f"{path} does not exist")
     read_options = pv.ReadOptions(column_names=None if header else list(column_types))
     parse_options = pv.ParseOptions(delimiter="\t", quote_char=False)
     convert_options = pv.ConvertOptions(column_types=column_types, include_columns=list(column_types))
     try:
         return pv.read_csv(path, read_options=read_options, parse_options=parse_options, convert_options=convert_options)
     except (pa.ArrowInvalid, pa.ArrowKeyError) as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise InputError(f"{path}: {err}") from None
 
 
 def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +111,7 @@ def common_user_count(folders: Sequence[Path]) -> int:
             users = _read_tsv(path, {"user": pa.int64(), "item": pa.int64()}, header=False)["user"]
             largest = max(largest, pc.max(users).as_py() if len(users) else -1)
     if largest < 0:
-        raise ValueError(f"no valid/test rows under {[str(f) for f in folders]}: cannot tell the common users; pass common_users")
+        raise InputError(f"no valid/test rows under {[str(f) for f in folders]}: cannot tell the common users; pass common_users")
     return largest + 1
 
 
@@ -153,7 +154,7 @@ def load_pairs(
     Item keys are the files' item ids (contiguous per domain); user keys are the common
     users in id order, then each domain's own users (:func:`pair_user_ids`) in id order."""
     if split not in PAIR_SPLITS:
-        raise ValueError(f"split must be one of {PAIR_SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {PAIR_SPLITS}, got {split!r}")
     started = time.perf_counter()
     directory = Path(directory)
     folders = pair_folders(directory, source, target)
@@ -166,7 +167,7 @@ def load_pairs(
     for (domain, name), table in tables.items():
         for column in ("user", "item"):
             if len(table) and pc.min(table[column]).as_py() < 0:
-                raise ValueError(f"{folders[domain] / f'{name}.txt'}: negative {column} id {pc.min(table[column]).as_py()}")
+                raise InputError(f"{folders[domain] / f'{name}.txt'}: negative {column} id {pc.min(table[column]).as_py()}")
     if common_users is None:
         common_users = common_user_count(list(folders.values()))
     numbers = {key: table["user"].to_numpy() for key, table in tables.items()}
@@ -191,7 +192,7 @@ def load_pairs(
     for name in HOLDOUT_SPLITS:
         overlap = np.flatnonzero(warm & (np.diff(matrix(target, name).indptr) > 0))
         if overlap.size:
-            raise ValueError(
+            raise InputError(
                 f"{folders[target] / f'{name}.txt'}: {overlap.size} users have target training rows, but this split "
                 f"must hold cold-start users only (e.g. user {user_ids[overlap[0]]})"
             )
@@ -233,7 +234,7 @@ def _genre_domains(items: pa.Table, source_genres: Sequence[str], target_genres:
     if not has_source.any() or not has_target.any():
         known = sorted(set(flat["genre"].to_pylist()))
         missing = "source" if not has_source.any() else "target"
-        raise ValueError(f"{path}: no movie carries a {missing} genre; genres in the file: {known}")
+        raise InputError(f"{path}: no movie carries a {missing} genre; genres in the file: {known}")
     keep = has_source ^ has_target
     domain = np.where(has_source, "source", "target")[keep]
     return pa.table({"item_id": items["item_id"].filter(pa.array(keep)), "domain": pa.array(domain)})
@@ -267,7 +268,7 @@ def load_recbole(
       domain is not evaluated; later source ratings of a user are not cut).
     """
     if min_target_interactions < 3:
-        raise ValueError(f"min_target_interactions must be >= 3 (one train, one validation, one test interaction), got {min_target_interactions}")
+        raise InputError(f"min_target_interactions must be >= 3 (one train, one validation, one test interaction), got {min_target_interactions}")
     started = time.perf_counter()
     directory = Path(directory)
     inter_path, item_path = directory / f"{dataset}.inter", directory / f"{dataset}.item"

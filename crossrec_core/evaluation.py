@@ -35,6 +35,7 @@ import torch
 
 from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
+from crossrec_core.errors import InputError
 from crossrec_core.metrics import PAD, catalog_coverage, hit_rate_at_k, mrr_at_k, ndcg_at_k, recall_at_k
 from crossrec_core.models.base import Recommender
 from crossrec_core.ranking import top_k_for_users
@@ -127,7 +128,7 @@ def sample_negatives(
     seen_keys = _pair_keys(seen)
     most_seen = int(np.diff(seen.indptr)[pair_users].max(initial=0))
     if n_negatives > n_items - most_seen:
-        raise ValueError(
+        raise InputError(
             f"sampled protocol: {n_negatives} negatives per pair, but a user has only {n_items - most_seen} "
             f"unseen items of {n_items} in target domain {features.target!r}; lower n_negatives or use the full protocol"
         )
@@ -207,9 +208,9 @@ def evaluate_model(
     counts the metric rows: users (full) or held-out pairs (sampled). ``seed`` drives
     the negative sampling only. ``exclude_known``: see the full protocol above."""
     if protocol not in ("full", "sampled"):
-        raise ValueError(f"protocol must be 'full' or 'sampled', got {protocol!r}")
+        raise InputError(f"protocol must be 'full' or 'sampled', got {protocol!r}")
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive cut-offs, got {list(ks)}")
+        raise InputError(f"ks must be positive cut-offs, got {list(ks)}")
     started = time.perf_counter()
     device = _device_of(model, device)
     k = max(ks)

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from crossrec_core.config import ModelSettings
 from crossrec_core.datasets import Splits
+from crossrec_core.errors import InputError
 from crossrec_core.evaluation import evaluate_model
 from crossrec_core.models.base import Recommender
 
@@ -124,16 +125,16 @@ def parse_model_spec(spec: str, model_settings: ModelSettings) -> tuple[str, Mod
 
     name, _, rest = spec.partition("[")
     if name not in Recommender.registry:
-        raise ValueError(f"unknown model {name!r} in {spec!r}; known: {sorted(Recommender.registry)}")
+        raise InputError(f"unknown model {name!r} in {spec!r}; known: {sorted(Recommender.registry)}")
     if not rest:
         return name, model_settings
     if not rest.endswith("]"):
-        raise ValueError(f"model variant {spec!r}: expected name[key=value;...]")
+        raise InputError(f"model variant {spec!r}: expected name[key=value;...]")
     updates: dict[str, Any] = {}
     for assignment in filter(None, rest[:-1].split(";")):
         key, equals, value = assignment.partition("=")
         if not equals or key.strip() not in ModelSettings.model_fields:
-            raise ValueError(f"model variant {spec!r}: {assignment!r} is not key=value with a model setting key")
+            raise InputError(f"model variant {spec!r}: {assignment!r} is not key=value with a model setting key")
         updates[key.strip()] = yaml.safe_load(value)
     return name, ModelSettings.model_validate({**model_settings.model_dump(), **updates})
 

@@ -2,8 +2,9 @@
 
 ``spark-submit jobs/clean.py --ds 2026-11-21 --domain movies`` and
 ``python -m jobs.train --ds 2026-11-21`` both end here; Airflow calls the same commands.
-Expected failures (bad config, bad input, missing partition) exit 2 with one clear line
-on stderr; a bug still shows its stack trace.
+Expected failures (:class:`~crossrec_core.errors.CrossrecError`: bad config, bad input,
+missing data, a contract violation) exit 2 with one clear line on stderr, and Airflow does
+not retry them; anything else keeps its stack trace and exit code 1, and is retried.
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ import argparse
 import logging
 import sys
 
-from crossrec_core.config import ConfigError, load_settings
-from crossrec_core.contracts import ContractError
-from crossrec_core.lake import LakeError
+from crossrec_core.config import Settings, load_settings
+from crossrec_core.errors import EXPECTED_FAILURE_EXIT, CrossrecError
 from crossrec_core.pipeline import PER_DOMAIN_STAGES, parse_ds, stage_function
 
-EXPECTED_ERRORS = (ConfigError, ContractError, LakeError, ValueError, FileNotFoundError)
-CONTRACT_VIOLATION_EXIT = 2  # Airflow tasks do not retry these (see dags/)
 
-
-def main(stage: str, argv: list[str] | None = None) -> int:
+def argument_parser(stage: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"crossrec stage '{stage}' for one date")
     parser.add_argument("--ds", required=True, help="run date YYYY-MM-DD")
     if stage in PER_DOMAIN_STAGES:
@@ -33,9 +30,12 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model name or 'auto'")
     parser.add_argument("-k", type=int, help="recommendations per user")
     parser.add_argument("--retrain", action="store_true", help="train from scratch (no warm start)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    return parser
+
+
+def job_settings(args: argparse.Namespace) -> Settings:
+    """The settings of one job: its arguments (the DAG's trigger params) win over the
+    CROSSREC_* environment, the YAML file and the defaults."""
     overrides: dict = {}
     if args.lake:
         overrides["lake"] = args.lake
@@ -46,14 +46,21 @@ def main(stage: str, argv: list[str] | None = None) -> int:
         overrides.setdefault("model", {})["name"] = args.model
     if args.retrain:
         overrides.setdefault("model", {})["warm_start"] = False
-    if args.k:
+    if args.k is not None:
         overrides["score"] = {"k": args.k}
+    return load_settings(args.config, **overrides)
+
+
+def main(stage: str, argv: list[str] | None = None) -> int:
+    args = argument_parser(stage).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
-        settings = load_settings(args.config, **overrides)
+        settings = job_settings(args)
         kwargs = {"domain": args.domain} if stage in PER_DOMAIN_STAGES else {}
         report = stage_function(stage)(settings, parse_ds(args.ds), **kwargs)
-    except EXPECTED_ERRORS as err:
+    except CrossrecError as err:
         print(f"crossrec {stage} failed: {err}", file=sys.stderr)
-        return CONTRACT_VIOLATION_EXIT
+        return EXPECTED_FAILURE_EXIT
     print(f"crossrec {stage} {report.status}: rows_in={report.rows_in} rows_out={report.rows_out}")
     return 0

@@ -35,6 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from crossrec_core.contracts import Table, TableFormat
+from crossrec_core.errors import CrossrecError, InputError, MissingDataError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -46,15 +47,15 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-class LakeError(RuntimeError):
+class LakeError(CrossrecError):
     """A lake operation failed; the message names the path."""
 
 
-class MissingPartitionError(LakeError, FileNotFoundError):
+class MissingPartitionError(LakeError, MissingDataError):
     """A required input partition does not exist; the message names the expected path."""
 
 
-class UnsafePathError(LakeError, ValueError):
+class UnsafePathError(LakeError, InputError):
     """A path would leave the lake root."""
 
 
@@ -263,6 +264,10 @@ class Lake:
         root = self.table_root(table)
         if not DeltaTable.is_deltatable(str(root)):
             raise MissingPartitionError(f"{table.name}: no Delta table at {root}")
+        if version is not None:
+            latest = DeltaTable(str(root)).version()
+            if not 0 <= version <= latest:
+                raise MissingPartitionError(f"{table.name}: no version {version} at {root} (versions 0 to {latest})")
         return DeltaTable(str(root), version=version)
 
     def delta_exists(self, table: Table) -> bool:

@@ -35,13 +35,12 @@ from airflow.sdk import Asset, BaseHook, BaseOperator, BaseSensorOperator, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException, AirflowSensorTimeout
 
 from crossrec_core.config import DOMAIN_NAME_PATTERN, MODEL_NAMES, Settings
+from crossrec_core.errors import EXPECTED_FAILURE_EXIT
 from crossrec_core.spark import DRIVER_JAVA_OPTIONS
 
 log = logging.getLogger(__name__)
 
 JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
-CONTRACT_VIOLATION_EXIT = 2  # jobs_main's exit code for errors a retry cannot fix
-_SPARK_EXIT_CODE = re.compile(r"Error code is: (\d+)")
 KILL_GRACE_SECONDS = 10  # a killed stage's process group gets SIGTERM, then SIGKILL after this
 SUCCESS_MARKER = "_SUCCESS"
 DS_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -238,16 +237,18 @@ class StageJobOperator(BaseOperator):
             stop_job(self._process)
 
 
-def raise_for_exit(stage: str, ds: str, exit_code: int, output_tail: str) -> None:
-    if exit_code == CONTRACT_VIOLATION_EXIT:
+def raise_for_exit(stage: str, ds: str | None, exit_code: int, output_tail: str) -> None:
+    """Fail the task by the job's exit code: 2 (the crossrec error family) without retry,
+    any other non-zero code with the task's retries."""
+    if exit_code == EXPECTED_FAILURE_EXIT:
         raise AirflowFailException(f"{stage} for ds={ds} failed on bad input or missing data (not retried):\n{output_tail}")
     if exit_code:
         raise AirflowException(f"{stage} for ds={ds} exited with {exit_code} (retried if retries remain):\n{output_tail}")
 
 
 class StageSparkSubmitOperator(SparkSubmitOperator):
-    """SparkSubmitOperator that fails without retry when the job reports a contract
-    violation (exit 2); other failures keep the retry policy."""
+    """SparkSubmitOperator that classifies a failure by the exit code of the spark-submit
+    process, as :func:`run_job` does: exit 2 fails without retry, others keep the retries."""
 
     def execute(self, context):
         try:
@@ -255,9 +256,10 @@ class StageSparkSubmitOperator(SparkSubmitOperator):
         except AirflowFailException:
             raise
         except AirflowException as err:
-            code = _SPARK_EXIT_CODE.search(str(err))
-            if code and int(code.group(1)) == CONTRACT_VIOLATION_EXIT:
-                raise AirflowFailException(f"{self.task_id}: contract violation (exit 2), not retried: {err}") from err
+            # the hook keeps the spark-submit process it ran; its message is not an interface
+            process = self._hook._submit_sp if self._hook is not None else None
+            if process is not None and process.returncode is not None:
+                raise_for_exit(self.task_id, context.get("ds"), process.returncode, str(err))
             raise
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import date
 
 from crossrec_core.config import Settings
+from crossrec_core.errors import InputError
 from crossrec_core.reports import StageReport
 
 # name -> "module:function"; imported lazily so that `crossrec recs` never loads Spark or torch
@@ -37,14 +38,14 @@ def parse_ds(value: str | date) -> str:
     try:
         return date.fromisoformat(value).isoformat()
     except ValueError:
-        raise ValueError(f"ds must be a date YYYY-MM-DD, got {value!r}") from None
+        raise InputError(f"ds must be a date YYYY-MM-DD, got {value!r}") from None
 
 
 def stage_function(name: str) -> Callable[..., StageReport]:
     try:
         module_name, function_name = STAGES[name].split(":")
     except KeyError:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
+        raise InputError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
     return getattr(importlib.import_module(module_name), function_name)
 
 

@@ -48,7 +48,7 @@ import scipy.sparse as sp
 import torch
 
 from crossrec_core.config import ScoreSettings, Settings
-from crossrec_core.contracts import SCORES, USER_KEYS, ColumnType, Segment, StageStatus
+from crossrec_core.contracts import SCORES, USER_KEYS, ColumnType, ContractError, Segment, StageStatus
 from crossrec_core.data import FeatureSet
 from crossrec_core.lake import Lake, dir_size
 from crossrec_core.metrics import PAD
@@ -123,7 +123,7 @@ class RunScorer:
         with torch.no_grad():
             item_vectors, fallback_vectors = model.item_vectors(domain), fallback.item_vectors(domain)
         if item_vectors.shape[0] != features.n_items(domain):
-            raise ValueError(
+            raise ContractError(
                 f"model {model_version} ({model.name}) scores {item_vectors.shape[0]} {domain} items, "
                 f"the features of ds={features.ds} have {features.n_items(domain)}"
             )

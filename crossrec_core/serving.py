@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from crossrec_core.config import Settings
 from crossrec_core.contracts import ALERTS, RECOMMENDATIONS, RUN_REPORTS, SCORES, Segment, StageStatus, Table
+from crossrec_core.errors import InputError
 from crossrec_core.lake import STAGING_DIR, Lake, LakeError, MissingPartitionError
 from crossrec_core.reports import StageReport, stage_run
 
@@ -431,7 +432,7 @@ def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResu
     from crossrec_core.model_store import MODEL_FILES, MODEL_NIGHTS, model_version
 
     if keep_days < 0:
-        raise ValueError(f"keep_days must be >= 0, got {keep_days}")
+        raise InputError(f"keep_days must be >= 0, got {keep_days}")
     result = VacuumResult(dry_run=dry_run)
     kept_from: dict[str, str | None] = {}
     for table in DELTA_TABLES:

@@ -79,11 +79,12 @@ def write_gate(lake, ds: str, publish: bool, reason: str = "test") -> None:
     """The evaluate stage's decision on the candidate model of ``ds`` (a fake model when none was saved)."""
     import json
 
+    from crossrec_core.lake import MissingPartitionError
     from crossrec_core.model_store import candidate_version
 
     try:
         version = candidate_version(lake, ds)
-    except FileNotFoundError:
+    except MissingPartitionError:
         version = write_fake_model(lake, ds)
     (lake.root / version / "gate.json").write_text(json.dumps({"publish": publish, "reason": reason}))
 

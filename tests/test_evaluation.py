@@ -12,6 +12,7 @@ import torch
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
+from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.evaluation import evaluate_model, recommend_top_k, sample_negatives
 from crossrec_core.ranking import top_k
 from crossrec_core.metrics import PAD
@@ -144,7 +145,7 @@ def test_sampled_negatives_are_distinct_unseen_items_and_seeded(n_items):
     assert all(len(set(row)) == n_negatives for row in negatives.tolist())
     again = sample_negatives(features, pair_users, n_negatives, np.random.default_rng(0))
     assert (negatives == again).all()
-    with pytest.raises(ValueError, match=rf"{most_unseen + 1} negatives per pair, but a user has only {most_unseen} unseen items"):
+    with pytest.raises(InputError, match=rf"{most_unseen + 1} negatives per pair, but a user has only {most_unseen} unseen items"):
         sample_negatives(features, pair_users, most_unseen + 1, np.random.default_rng(0))
 
 
@@ -186,7 +187,7 @@ def test_nan_scores_name_the_users():
     model.users[features.holdout_users(Segment.COLD_START)[0]] = float("nan")
     with pytest.raises(ValueError, match="produced NaN scores"):
         evaluate_model(model, features, ks=(5,))
-    with pytest.raises(ValueError, match="protocol must be 'full' or 'sampled'"):
+    with pytest.raises(InputError, match="protocol must be 'full' or 'sampled'"):
         evaluate_model(model, features, protocol="pairs")
 
 
@@ -234,12 +235,12 @@ def test_load_pairs_rejects_warm_users_in_the_cold_start_split_and_bad_rows(tiny
     test_file = tmp_path / "tgt_src" / "test.txt"
     original = test_file.read_text()
     test_file.write_text(original + "50\t1\n")  # user 50 is warm: has target training rows
-    with pytest.raises(ValueError, match=r"tgt_src/test.txt: 1 users have target training rows.*e.g. user 50"):
+    with pytest.raises(InputError, match=r"tgt_src/test.txt: 1 users have target training rows.*e.g. user 50"):
         load_pairs(tmp_path, "src", "tgt", common_users=120)
     test_file.write_text(original + "7\tseven\n")
-    with pytest.raises(ValueError, match=r"tgt_src/test.txt: .*seven"):
+    with pytest.raises(InputError, match=r"tgt_src/test.txt: .*seven"):
         load_pairs(tmp_path, "src", "tgt")
-    with pytest.raises(FileNotFoundError, match=r"nope_tgt/train.txt does not exist"):
+    with pytest.raises(MissingDataError, match=r"nope_tgt/train.txt does not exist"):
         load_pairs(tmp_path, "nope", "tgt")
 
 
@@ -277,7 +278,7 @@ def test_load_recbole_genre_domains_and_splits(tmp_path):
         assert valid.holdout[Segment.WARM][key].indices.tolist() == [(u + 3) % 8]
         assert sorted(valid.train["target"][key].indices) == sorted((u + t) % 8 for t in range(3))
     assert (test.train["target"] != valid.train["target"] + valid.holdout[Segment.WARM]).nnz == 0
-    with pytest.raises(ValueError, match="no movie carries a target genre; genres in the file"):
+    with pytest.raises(InputError, match="no movie carries a target genre; genres in the file"):
         load_recbole(tmp_path, ["Comedy"], ["Horror"])
 
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from crossrec_core.cli import app
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, HOLDOUT, RAW, QuarantineReason
+from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.etl.raw_files import RawInputError
 from crossrec_core.ingest.demo_data import generate_demo_data
 from crossrec_core.ingest.events import import_events
@@ -79,7 +80,7 @@ def test_pairs_import_matches_readme_and_keeps_cold_start_users_out_of_raw(share
 def test_pairs_import_names_a_missing_domain_folder(tmp_path, lake):
     (tmp_path / "cloth_sport").mkdir()
     (tmp_path / "cloth_sport" / "train.txt").write_text("1\t2\n")
-    with pytest.raises(FileNotFoundError, match=r"sport_cloth does not exist.*\['cloth_sport'\]"):
+    with pytest.raises(MissingDataError, match=r"sport_cloth does not exist.*\['cloth_sport'\]"):
         import_pairs(lake, tmp_path, "cloth", "sport", end_date=DS)
 
 
@@ -110,9 +111,9 @@ def test_recbole_import_rejects_unknown_genres_and_bad_timestamps(tmp_path, lake
     (tmp_path / "toy.inter").write_text(
         "user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\tA\t4\t978300760\nu1\tB\t5\tyesterday\n"
     )
-    with pytest.raises(ValueError, match=r"genre\(s\) \['SciFi'\].*'Sci-Fi'"):
+    with pytest.raises(InputError, match=r"genre\(s\) \['SciFi'\].*'Sci-Fi'"):
         import_recbole(lake, tmp_path, ["Comedy"], ["SciFi"])
-    with pytest.raises(ValueError, match=r"toy\.inter: line 3: timestamp 'yesterday'"):
+    with pytest.raises(InputError, match=r"toy\.inter: line 3: timestamp 'yesterday'"):
         import_recbole(lake, tmp_path, ["Comedy"], ["Sci-Fi"])
     assert not lake.table_root(RAW).exists()
 

@@ -8,6 +8,7 @@ import pytest
 
 from crossrec_core.contracts import Segment
 from crossrec_core.datasets import common_user_count, disjoint_validation, load_pairs, pair_user_ids
+from crossrec_core.errors import InputError
 
 # Folder a_b holds domain a, b_a domain b. Common users are 0..3 (C = 4): user 1 is a
 # cold-start user of a (valid/test of a_b), users 2 and 3 of b. Ids 4 and 5 exist in
@@ -96,7 +97,7 @@ def test_disjoint_split_puts_each_cold_start_user_on_one_side(tmp_path):
 
 def test_load_pairs_rejects_an_unknown_split(tmp_path):
     write_layout(tmp_path)
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(InputError, match="split must be one of"):
         load_pairs(tmp_path, "a", "b", split="random")
 
 

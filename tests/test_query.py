@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,11 @@ from test_serving import USERS, publish_night, scores_table
 from typer.testing import CliRunner
 
 from crossrec_core.cli import app
+from crossrec_core.config import QuerySettings, load_settings
 from crossrec_core.lake import Lake
-from crossrec_core.query import QueryFailed, QueryRefused, run_query
+from crossrec_core.query import QueryFailed, QueryRefused, QueryStopped, run_query
+
+LIMITS = load_settings().query
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,7 @@ def test_select_joins_recommendations_and_run_reports_of_the_current_snapshot(se
         FROM served s JOIN run_reports r ON r.ds = s.ds AND r.stage = 'publish'
         ORDER BY s.ds
         """,
+        LIMITS,
     )
     assert result.to_pylist() == [
         {"ds": "2026-01-05", "rows": 100, "users": 20, "status": "success", "rows_out": 100},
@@ -51,7 +56,7 @@ def test_select_joins_recommendations_and_run_reports_of_the_current_snapshot(se
      "FROM recommendations LIMIT 1", "EXPLAIN ANALYZE SELECT count(*) FROM recommendations"],
 )
 def test_describe_show_explain_are_allowed(served_lake, sql):
-    assert run_query(served_lake, sql).num_rows >= 1
+    assert run_query(served_lake, sql, LIMITS).num_rows >= 1
 
 
 @pytest.mark.parametrize(
@@ -74,7 +79,7 @@ def test_describe_show_explain_are_allowed(served_lake, sql):
 )
 def test_anything_but_one_read_only_statement_is_refused(served_lake, sql):
     with pytest.raises(QueryRefused):
-        run_query(served_lake, sql)
+        run_query(served_lake, sql, LIMITS)
     assert not Path("/tmp/crossrec-leak.csv").exists() and not Path("/tmp/crossrec-other.db").exists()
 
 
@@ -89,7 +94,7 @@ def test_anything_but_one_read_only_statement_is_refused(served_lake, sql):
 )
 def test_file_access_from_a_select_is_refused(served_lake, sql):
     with pytest.raises(QueryFailed, match="disabled by configuration"):
-        run_query(served_lake, sql.format(lake=served_lake.root))
+        run_query(served_lake, sql.format(lake=served_lake.root), LIMITS)
 
 
 def test_sql_command_prints_csv_and_json(served_lake):
@@ -114,3 +119,54 @@ def test_a_refused_statement_exits_2_with_one_clear_line(served_lake):
     )
     assert done.returncode == 2
     assert "DROP statements are refused" in done.stderr and "Traceback" not in done.stderr
+
+
+# Would run for hours: 1e12 rows, nothing for the optimizer to skip.
+ENDLESS_CROSS_JOIN = "SELECT sum(a.range * b.range) FROM range(1000000) a CROSS JOIN range(1000000) b"
+
+
+def test_a_long_query_is_stopped_at_the_timeout(served_lake):
+    with pytest.raises(QueryStopped, match=r"query stopped after 0\.5 s \(limit query\.timeout_seconds"):
+        run_query(served_lake, ENDLESS_CROSS_JOIN, QuerySettings(timeout_seconds=0.5, memory_limit=LIMITS.memory_limit))
+
+
+def test_a_query_past_the_memory_limit_is_stopped(served_lake):
+    with pytest.raises(QueryStopped, match=r"needs more memory than the limit 20MB \(query\.memory_limit"):
+        run_query(served_lake, "SELECT list(range) FROM range(50000000)", QuerySettings(timeout_seconds=60, memory_limit="20MB"))
+
+
+def test_the_sql_command_takes_its_limits_from_config_and_flags(served_lake, tmp_path):
+    config = tmp_path / "limits.yaml"
+    config.write_text("query:\n  timeout_seconds: 0.5\n")
+    crossrec = Path(sys.executable).with_name("crossrec")
+    from_config = subprocess.run(
+        [str(crossrec), "sql", ENDLESS_CROSS_JOIN, "--config", str(config), "--lake", str(served_lake.root)],
+        capture_output=True, text=True, timeout=120,
+    )
+    from_flag = subprocess.run(
+        [str(crossrec), "sql", ENDLESS_CROSS_JOIN, "--timeout", "0.7", "--config", str(config), "--lake", str(served_lake.root)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert from_config.returncode == from_flag.returncode == 2
+    assert "query stopped after 0.5 s" in from_config.stderr and "query stopped after 0.7 s" in from_flag.stderr
+
+
+def test_ctrl_c_stops_a_running_query_at_once(served_lake):
+    crossrec = Path(sys.executable).with_name("crossrec")
+    process = subprocess.Popen(
+        [str(crossrec), "--verbose", "sql", ENDLESS_CROSS_JOIN, "--timeout", "3600", "--lake", str(served_lake.root)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        # SIGINT handled as in an interactive shell, even if this test runs with it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        for line in process.stderr:  # wait until DuckDB runs the query
+            if "query running" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        # Ignoring SIGINT would run into the one-hour limit: this wait would fail first.
+        returncode = process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert returncode == 130
+    assert "query stopped by Ctrl-C" in process.stderr.read()

@@ -64,6 +64,8 @@ def _run(
     bad = [p for p in protocols if p not in ("full", "sampled")]
     if bad or not protocols:
         raise typer.BadParameter(f"--protocol takes full and/or sampled, got {protocol!r}")
+    if not _split(ks) or not all(k.isdigit() and int(k) > 0 for k in _split(ks)):
+        raise typer.BadParameter(f"--ks takes positive whole numbers, comma separated, got {ks!r}")
     cutoffs = [int(k) for k in _split(ks)]
     model_settings = settings_from(config, None, **({"model": {"epochs": epochs}} if epochs else {})).model
     run = run_experiment(

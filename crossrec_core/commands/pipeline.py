@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         ds: Annotated[str, typer.Option("--ds", help="run date YYYY-MM-DD")],
         stages: Annotated[str, typer.Option("--stages", help="comma-separated stages, in order")] = "clean,featurize,train,evaluate,score,publish,report",
         model: Annotated[str | None, typer.Option("--model", help="model name or 'auto' (overrides config)")] = None,
-        k: Annotated[int | None, typer.Option("-k", help="recommendations per user (overrides config)")] = None,
+        k: Annotated[int | None, typer.Option("-k", min=1, help="recommendations per user (overrides config)")] = None,
         retrain: Annotated[bool, typer.Option("--retrain", help="train from scratch, no warm start")] = False,
         config: ConfigOption = None,
         lake: LakeOption = None,
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         overrides: dict = {}
         if model:
             overrides["model"] = {"name": model}
-        if k:
+        if k is not None:
             overrides["score"] = {"k": k}
         if retrain:
             overrides.setdefault("model", {})["warm_start"] = False

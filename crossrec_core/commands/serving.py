@@ -82,14 +82,23 @@ def register(app: typer.Typer) -> None:
     def sql(
         query: Annotated[str, typer.Argument(help="one SELECT / WITH / DESCRIBE / SHOW / EXPLAIN statement")],
         output: Annotated[OutputFormat, typer.Option("--format", help="output format")] = OutputFormat.TABLE,
+        timeout: Annotated[float | None, typer.Option("--timeout", help="stop the query after this many seconds (default: config query.timeout_seconds)")] = None,
+        memory_limit: Annotated[str | None, typer.Option("--memory-limit", help="DuckDB memory limit, e.g. 2GB (default: config query.memory_limit)")] = None,
         config: ConfigOption = None,
         lake: LakeOption = None,
     ) -> None:
-        """Read-only SQL (DuckDB) over the tables recommendations, run_reports and alerts (current snapshots)."""
+        """Read-only SQL (DuckDB) over the tables recommendations, run_reports and alerts (current snapshots).
+        A query is stopped past the time or memory limit, and at once by Ctrl-C."""
         from crossrec_core.lake import Lake
         from crossrec_core.query import run_query
 
-        result = run_query(Lake(settings_from(config, lake).lake), query)
+        limits = {"timeout_seconds": timeout, "memory_limit": memory_limit}
+        settings = settings_from(config, lake, query={key: value for key, value in limits.items() if value is not None})
+        try:
+            result = run_query(Lake(settings.lake), query, settings.query)
+        except KeyboardInterrupt:
+            err_console.print("query stopped by Ctrl-C", highlight=False, markup=False)
+            raise typer.Exit(130) from None
         if output is OutputFormat.JSON:
             typer.echo(json.dumps(result.to_pylist(), default=str))
         elif output is OutputFormat.CSV:

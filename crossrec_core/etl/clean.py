@@ -47,6 +47,7 @@ import pyarrow.dataset as pads
 
 from crossrec_core.config import Settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, QUARANTINE, RAW, QuarantineReason
+from crossrec_core.errors import InputError
 from crossrec_core.etl.frames import write_parquet
 from crossrec_core.etl.raw_files import list_raw_files, local_name, naming_unreadable_files, read_raw
 from crossrec_core.lake import Lake, dir_size
@@ -67,7 +68,7 @@ JSON_FILE = r"\.jsonl?(\.gz)?$"
 MAX_FILES_IN_MESSAGE = 3
 
 
-class QuarantineThresholdError(ValueError):
+class QuarantineThresholdError(InputError):
     """Too large a share of a partition's rows was quarantined."""
 
 

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crossrec_core.contracts import RAW_COLUMNS, RAW_REQUIRED_COLUMNS
+from crossrec_core.errors import InputError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -52,7 +53,7 @@ _FAILED_READ = re.compile(r"Encountered error while reading file (\S+?)\.?\s")
 _ROOT_CAUSE = re.compile(r"Caused by: ([^\n]+)")
 
 
-class RawInputError(ValueError):
+class RawInputError(InputError):
     """A raw file cannot be read as interactions; the message names the file and why."""
 
 

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from crossrec_core.config import Settings
 from crossrec_core.contracts import RAW
+from crossrec_core.errors import InputError
 from crossrec_core.ingest.landing import (
     SECONDS_PER_DAY,
     DomainSummary,
@@ -285,14 +286,14 @@ def generate_demo_data(
     :data:`TARGET_VOLUME` of it."""
     clock = time.perf_counter()
     if users < 20:
-        raise ValueError(f"users must be at least 20 (some only in each domain, most in both), got {users}")
+        raise InputError(f"users must be at least 20 (some only in each domain, most in both), got {users}")
     if days < 1:
-        raise ValueError(f"days must be at least 1, got {days}")
+        raise InputError(f"days must be at least 1, got {days}")
     if not 0 <= bad_fraction < 1:
-        raise ValueError(f"bad_fraction must be in [0, 1), got {bad_fraction}")
+        raise InputError(f"bad_fraction must be in [0, 1), got {bad_fraction}")
     events_per_day = EVENTS_PER_USER_PER_DAY * users if events_per_day is None else events_per_day
     if events_per_day < 1:
-        raise ValueError(f"events_per_day must be at least 1, got {events_per_day}")
+        raise InputError(f"events_per_day must be at least 1, got {events_per_day}")
     end_date = parse_ds(end_date or yesterday_utc())
     source, target = settings.domains.all
     model = taste_model(np.random.default_rng([seed, 0]), users, source, target)

@@ -133,7 +133,7 @@ def check_event_file(path: Path) -> EventFile:
 def check_event_files(paths: list[Path]) -> list[EventFile]:
     """Check every file and report every problem at once."""
     if not paths:
-        raise ValueError("no event files given")
+        raise RawInputError("no event files given")
     problems, checked = [], []
     for path in paths:
         try:

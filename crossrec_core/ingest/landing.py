@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from crossrec_core.config import DOMAIN_NAME_PATTERN
 from crossrec_core.contracts import RAW
+from crossrec_core.errors import InputError
 from crossrec_core.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class ImportSummary:
 def check_domain_name(name: str, option: str = "domain") -> str:
     """``name`` if it is a safe domain name (it becomes a path segment), else ValueError."""
     if not DOMAIN_NAME_PATTERN.match(name):
-        raise ValueError(
+        raise InputError(
             f"{option} {name!r} is not a valid domain name: it must match {DOMAIN_NAME_PATTERN.pattern} "
             "(lower-case letter first, then lower-case letters, digits or underscores; at most 32 characters)"
         )

@@ -46,6 +46,7 @@ from crossrec_core.ingest.landing import (
     yesterday_utc,
 )
 from crossrec_core.lake import Lake
+from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.pipeline import parse_ds
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ EVENT_TYPE = "interaction"
 def read_pairs(path: Path) -> pa.Table:
     """A headerless ``user_id<TAB>item_id`` file as two string columns."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingDataError(f"{path} does not exist")
     names = ["user_id", "item_id"]
     try:
         return pacsv.read_csv(
@@ -67,7 +68,7 @@ def read_pairs(path: Path) -> pa.Table:
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
         )
     except pa.ArrowInvalid as err:
-        raise ValueError(f"{path}: not a file of user_id<TAB>item_id lines: {err}") from err
+        raise InputError(f"{path}: not a file of user_id<TAB>item_id lines: {err}") from err
 
 
 def _with_pair_user_ids(table: pa.Table, path: Path, domain: str, common_users: int) -> pa.Table:
@@ -75,7 +76,7 @@ def _with_pair_user_ids(table: pa.Table, path: Path, domain: str, common_users: 
     try:
         numbers = table["user_id"].cast(pa.int64()).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise ValueError(f"{path}: user ids must be integers: {err}") from None
+        raise InputError(f"{path}: user ids must be integers: {err}") from None
     return table.set_column(0, "user_id", pa.array(pair_user_ids(numbers, domain, common_users), pa.string()))
 
 
@@ -83,7 +84,7 @@ def _domain_folder(directory: Path, domain: str, other: str) -> Path:
     folder = directory / f"{domain}_{other}"
     if not folder.is_dir():
         present = sorted(p.parent.name for p in directory.glob(f"*/{TRAIN_FILE}")) if directory.is_dir() else []
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"{folder} does not exist: the folder <domain>_<other domain> holds a domain's interactions "
             f"(folders with a {TRAIN_FILE} in {directory}: {present or 'none'})"
         )
@@ -113,9 +114,9 @@ def import_pairs(
     check_domain_name(source, "source")
     check_domain_name(target, "target")
     if source == target:
-        raise ValueError(f"source and target must differ, both are {source!r}")
+        raise InputError(f"source and target must differ, both are {source!r}")
     if days < 1:
-        raise ValueError(f"days must be at least 1, got {days}")
+        raise InputError(f"days must be at least 1, got {days}")
     end_date = parse_ds(end_date or yesterday_utc())
     first_day = day_of_ds(end_date) - days + 1
     folders = {source: _domain_folder(directory, source, target), target: _domain_folder(directory, target, source)}

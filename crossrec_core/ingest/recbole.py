@@ -31,6 +31,7 @@ from crossrec_core.ingest.landing import (
     line_ids,
 )
 from crossrec_core.lake import Lake
+from crossrec_core.errors import InputError, MissingDataError
 
 EVENT_TYPE = "rating"
 INTER_FIELDS = ["user_id", "item_id", "rating", "timestamp"]
@@ -41,13 +42,13 @@ NUMBER = r"^\s*-?\d+(\.\d+)?\s*$"
 def read_atomic(path: Path, fields: list[str]) -> pa.Table:
     """The ``fields`` of a RecBole atomic file, every value a string."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingDataError(f"{path} does not exist")
     with path.open(encoding="utf-8") as handle:
         header = handle.readline().rstrip("\r\n").split("\t")
     names = [column.split(":", 1)[0] for column in header]
     missing = [f for f in fields if f not in names]
     if missing:
-        raise ValueError(f"{path}: missing field(s) {missing}; the header names {header}")
+        raise InputError(f"{path}: missing field(s) {missing}; the header names {header}")
     try:
         return pacsv.read_csv(
             path,
@@ -56,7 +57,7 @@ def read_atomic(path: Path, fields: list[str]) -> pa.Table:
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()), include_columns=fields),
         )
     except pa.ArrowInvalid as err:
-        raise ValueError(f"{path}: not a tab-separated RecBole atomic file: {err}") from err
+        raise InputError(f"{path}: not a tab-separated RecBole atomic file: {err}") from err
 
 
 def default_domain_name(genres: list[str]) -> str:
@@ -67,7 +68,7 @@ def default_domain_name(genres: list[str]) -> str:
 def parse_genres(text: str, option: str) -> list[str]:
     genres = [g.strip() for g in text.split(",") if g.strip()]
     if not genres:
-        raise ValueError(f"{option}: give at least one genre, comma separated (e.g. 'Comedy,Romance')")
+        raise InputError(f"{option}: give at least one genre, comma separated (e.g. 'Comedy,Romance')")
     return genres
 
 
@@ -83,7 +84,7 @@ def _epoch_seconds(path: Path, timestamps: pa.ChunkedArray) -> np.ndarray:
     bad = pc.invert(pc.match_substring_regex(timestamps, NUMBER)).to_numpy(zero_copy_only=False)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(
+        raise InputError(
             f"{path}: line {row + 2}: timestamp {timestamps[row].as_py()!r} is not a number of seconds "
             f"({int(bad.sum())} such lines)"
         )
@@ -103,24 +104,24 @@ def import_recbole(
     source = check_domain_name(source_name or default_domain_name(source_genres), "source name")
     target = check_domain_name(target_name or default_domain_name(target_genres), "target name")
     if source == target:
-        raise ValueError(f"source and target names must differ, both are {source!r}")
+        raise InputError(f"source and target names must differ, both are {source!r}")
     shared = sorted(set(source_genres) & set(target_genres))
     if shared:
-        raise ValueError(f"genre(s) {shared} are in both the source and the target list")
+        raise InputError(f"genre(s) {shared} are in both the source and the target list")
     inter_files = sorted(directory.glob("*.inter")) if directory.is_dir() else []
     if len(inter_files) != 1:
-        raise FileNotFoundError(f"{directory}: expected exactly one RecBole <name>.inter file, found {[p.name for p in inter_files]}")
+        raise MissingDataError(f"{directory}: expected exactly one RecBole <name>.inter file, found {[p.name for p in inter_files]}")
     inter_path = inter_files[0]
     item_path = inter_path.with_suffix(".item")
 
     items = read_atomic(item_path, ITEM_FIELDS)
     if count_distinct(items["item_id"]) != items.num_rows:
-        raise ValueError(f"{item_path}: item_id is not unique ({items.num_rows - count_distinct(items['item_id'])} repeats)")
+        raise InputError(f"{item_path}: item_id is not unique ({items.num_rows - count_distinct(items['item_id'])} repeats)")
     lists = pc.split_pattern(pc.utf8_trim_whitespace(items["genre"].combine_chunks()), " ")
     known = set(pc.unique(pc.list_flatten(lists)).to_pylist())
     unknown = [g for g in source_genres + target_genres if g not in known]
     if unknown:
-        raise ValueError(f"{item_path}: no movie carries genre(s) {unknown}; genres present: {sorted(known - {''})}")
+        raise InputError(f"{item_path}: no movie carries genre(s) {unknown}; genres present: {sorted(known - {''})}")
     in_source, in_target = _carrying(lists, source_genres), _carrying(lists, target_genres)
     movies = {
         source: items["item_id"].filter(pa.array(in_source & ~in_target)),
