@@ -51,7 +51,7 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, **overrides)
         kwargs = {"domain": args.domain} if stage in PER_DOMAIN_STAGES else {}
-        report = stage_function(stage)(settings, parse_ds(args.ds), **kwargs)
+        report = stage_function(stage)(settings, parse_ds(args.ds, settings.ds_range), **kwargs)
     except EXPECTED_ERRORS as err:
         print(f"crossrec {stage} failed: {err}", file=sys.stderr)
         return CONTRACT_VIOLATION_EXIT
