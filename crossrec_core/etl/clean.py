@@ -61,7 +61,7 @@ import pyarrow.dataset as pads
 from crossrec_core.config import Settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, QUARANTINE, RAW, RAW_COLUMNS, QuarantineReason
 from crossrec_core.etl.frames import write_parquet
-from crossrec_core.etl.raw_files import RawInputError, list_raw_files, local_name, naming_unreadable_files, read_raw
+from crossrec_core.etl.raw_files import RawFile, RawInputError, list_raw_files, local_name, naming_unreadable_files, read_raw
 from crossrec_core.lake import Lake, dir_size
 from crossrec_core.reports import StageReport, stage_run
 from crossrec_core.spark import spark_session
@@ -77,9 +77,7 @@ CONTROL_CHARACTER = r"\p{Cc}"
 MILLISECONDS_ABOVE = 1e11
 KEY_SEPARATOR = "\u001f"
 MAX_FILES_IN_MESSAGE = 3
-
-
-REPLACEMENT_CHARACTER = "\ufffd"
+REPLACEMENT_CHARACTER = "\ufffd"  # what a reader makes of bytes that are not UTF-8
 ISO_DATE_START = r"^\d{4}-\d{2}-\d{2}([T ]|$)"
 
 
@@ -304,7 +302,7 @@ def _check_identity(domain: str, ds: str, rows_in: int, rows_clean: int, rows_qu
         )
 
 
-def _empty_delivery(settings: Settings, ds: str, domain: str, files: list, report: StageReport) -> None:
+def _empty_delivery(settings: Settings, ds: str, domain: str, files: list[RawFile], report: StageReport) -> None:
     message = f"empty delivery: raw/domain={domain}/ds={ds} holds {len(files)} file(s) and no rows"
     if settings.fail_on_empty_delivery:
         raise EmptyDeliveryError(f"clean {domain} ds={ds}: {message} (fail_on_empty_delivery is set)")
