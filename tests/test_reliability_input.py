@@ -63,6 +63,7 @@ def cleaned(tmp_path_factory, spark):
     pq.write_table(pa.table({"user_id": [1.0, 2.5, float("nan"), 2.0**60], "item_id": ["f1", "f2", "f3", "f4"], "ts": [EPOCH] * 4}), raw / "float_ids.parquet")
     pq.write_table(pa.table({"user_id": pa.array([1], pa.int64()), "item_id": ["f5"], "ts": [EPOCH]}), raw / "int_ids.parquet")
     pq.write_table(pa.table({"user_id": pa.array([b"Jos\xe9", b"b2"], pa.binary()), "item_id": ["i1", "i2"], "ts": [EPOCH, EPOCH]}), raw / "bytes_ids.parquet")
+    pq.write_table(pa.table({"user_id": ["w1"], "item_id": ["i1"], "ts": pa.array([NOON], pa.timestamp("us", tz="UTC"))}), raw / "int96.parquet", use_deprecated_int96_timestamps=True)
     (raw / "d.jsonl").write_bytes(b'{"user_id": "Jos\xe9", "item_id": "i1", "ts": %d}\n{"user_id": "j2", "item_id": "i2", "ts": %d}\n' % (EPOCH, EPOCH))
     report = clean(settings, DS, "books")
     quarantine = {(r["source_file"], r["source_row"]): r["reason"] for r in lake.read_parquet_partition(QUARANTINE, domain="books", ds=DS).to_pylist()}
@@ -74,7 +75,7 @@ def cleaned(tmp_path_factory, spark):
 
 def test_each_case_has_its_documented_outcome(cleaned):
     _, _, quarantine, kept = cleaned
-    assert set(kept) == {"ユーザー", "u3", "u10", "u11", "n1", "n2", "z1", "z2", "1", "b2", "j2"}
+    assert set(kept) == {"ユーザー", "u3", "u10", "u11", "n1", "n2", "z1", "z2", "w1", "1", "b2", "j2"}
     assert kept["1"] == {"f1", "f5"}  # float 1.0 and int 1 are one user, written "1"
     reasons = {(name.rsplit("/", 1)[-1], row): reason for (name, row), reason in quarantine.items()}
     assert reasons == {
@@ -108,19 +109,20 @@ def test_quarantine_keeps_the_raw_text_of_wrong_ids(cleaned):
     assert rows["a.csv", 7]["raw_record"] == f"u7,i7,{EPOCH},view,1"
 
 
-def test_nanosecond_and_zoned_parquet_timestamps_are_read_as_utc(cleaned):
+def test_nanosecond_zoned_and_int96_parquet_timestamps_are_read_as_utc(cleaned):
     lake = cleaned[0]
     ts = {r["user_id"]: r["ts"] for r in lake.read_parquet_partition(CLEAN_INTERACTIONS, domain="books", ds=DS).to_pylist()}
     assert ts["n1"] == NOON.replace(microsecond=123456)  # below a microsecond is cut
     assert ts["n2"] == NOON.replace(hour=13)
     assert (ts["z1"], ts["z2"]) == (NOON, NOON.replace(hour=13))  # 13:00 in Paris is noon UTC
+    assert ts["w1"] == NOON  # legacy INT96 (Hive, Impala, old Spark)
 
 
 def test_rows_in_equals_clean_plus_quarantined_plus_duplicates(cleaned):
     lake, report, quarantine, _ = cleaned
     row = next(r for r in read_run_reports(lake, DS).to_pylist() if r["stage"] == "clean")
     duplicates = json.loads(row["metrics"])["duplicates_removed"]
-    assert row["rows_in"] == 32
+    assert row["rows_in"] == 33
     assert duplicates == 1 and row["rows_quarantined"] == len(quarantine) == 19
     assert row["rows_in"] == row["rows_out"] + row["rows_quarantined"] + duplicates
 

@@ -5,8 +5,9 @@ Supported files (several formats in one partition are all read):
 * ``.parquet``: only the contract's columns are read (other columns, whatever their
   type, are never decoded) and turned into text:
 
-  - ``ts`` of any timestamp type (seconds to nanoseconds, with or without a time zone;
-    none means UTC) becomes its UTC time; a date its midnight; a number stays a number;
+  - ``ts`` of any timestamp type (seconds to nanoseconds, with or without a time zone,
+    legacy INT96; none means UTC) becomes its UTC time; a date its midnight; a number
+    stays a number;
   - ids (``user_id``, ``item_id``, ``event_id``) must be text or numbers. Integers are
     written in decimal (``1``); a floating-point or decimal id holding a whole number of
     at most 2**53 is written as that integer (``1.0`` -> ``1``, so one user delivered as
@@ -62,6 +63,7 @@ from crossrec_core.contracts import RAW_COLUMNS, RAW_REQUIRED_COLUMNS
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import DataType
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ def _read_json(spark: SparkSession, files: list[RawFile]) -> Iterable[DataFrame]
     yield _with_origin(frame, {c: F.col(c) for c in RAW_COLUMNS}, F.col(CORRUPT_COLUMN), structured)
 
 
-def parquet_read_type(path: Path, column: str, arrow_type: pa.DataType):  # -> pyspark DataType
+def parquet_read_type(path: Path, column: str, arrow_type: pa.DataType) -> DataType:
     """The Spark type a raw Parquet column is read as; RawInputError naming the file and
     the column when Spark cannot read it."""
     from pyspark.errors import PySparkException
