@@ -76,6 +76,19 @@ class Validation(_Section):
     min_target_interactions: int = Field(ge=2, description="a warm user needs this many target interactions to give some to validation")
 
 
+class DsRange(_Section):
+    """The run dates (``--ds``, the DAG's ds) accepted; anything outside is a typo."""
+
+    earliest: date
+    latest: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DsRange:
+        if self.earliest > self.latest:
+            raise ValueError(f"earliest {self.earliest} is after latest {self.latest}")
+        return self
+
+
 class SparkSettings(_Section):
     master: str = Field(description="master of in-process sessions; under Airflow the spark connection's master is passed in")
     shuffle_partitions: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
@@ -192,6 +205,8 @@ class Settings(BaseSettings):
     max_id_length: int = Field(ge=1)
     earliest_valid_ts: datetime
     future_tolerance_hours: float = Field(ge=0)
+    ds_range: DsRange
+    fail_on_empty_delivery: bool = Field(description="clean fails when a raw partition's files hold no rows (else: a warning in the run report)")
     spark: SparkSettings
     model: ModelSettings
     score: ScoreSettings

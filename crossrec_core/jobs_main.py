@@ -58,7 +58,7 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     try:
         settings = job_settings(args)
         kwargs = {"domain": args.domain} if stage in PER_DOMAIN_STAGES else {}
-        report = stage_function(stage)(settings, parse_ds(args.ds), **kwargs)
+        report = stage_function(stage)(settings, parse_ds(args.ds, settings.ds_range), **kwargs)
     except CrossrecError as err:
         print(f"crossrec {stage} failed: {err}", file=sys.stderr)
         return EXPECTED_FAILURE_EXIT

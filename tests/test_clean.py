@@ -173,6 +173,53 @@ def test_rows_are_numbered_as_the_reader_yields_them(settings, lake, spark):
     assert [(r["reason"], r["source_row"]) for r in read(lake, QUARANTINE)] == [("missing_item_id", 11)]
 
 
+def _known_duplicates_and_bad_rows(lake: Lake) -> None:
+    """10 distinct good events, 4 extra copies of them (3 exact, 1 by event id) and a bad row."""
+    rows = [f"e{i},u{i},i{i},{EPOCH}" for i in range(10)]
+    copies = [rows[0], rows[0], rows[5], f"e7,u7,i99,{EPOCH}"]
+    land(lake, "day.csv", "event_id,user_id,item_id,ts\n" + "\n".join(rows + copies) + "\n")
+    land(lake, "late.csv", "event_id,user_id,item_id,ts\n,u2,i2,never\n")
+
+
+def test_duplicates_are_counted_as_they_are_removed(settings, lake, spark):
+    _known_duplicates_and_bad_rows(lake)
+    report = clean(settings, DS, "books")
+    assert (report.rows_in, report.rows_out, report.rows_quarantined, report.metrics["duplicates_removed"]) == (15, 10, 1, 4)
+
+
+@pytest.mark.parametrize("table", [CLEAN_INTERACTIONS, QUARANTINE])
+def test_a_row_lost_on_the_way_out_fails_the_count_check(settings, lake, spark, monkeypatch, table):
+    """Each count is taken on its own, so a writer that loses a row (injected here) breaks
+    rows_in = clean + quarantined + duplicates, and the stage fails naming the partition."""
+    from pyspark.sql import functions as F
+
+    from crossrec_core.etl import clean as clean_module
+    from crossrec_core.etl.clean import RowCountMismatchError
+
+    land(lake, "day.csv", f"user_id,item_id,ts\nu0,i0,{EPOCH}\n")
+    clean(settings, DS, "books")
+    previous = read(lake, CLEAN_INTERACTIONS)
+    _known_duplicates_and_bad_rows(lake)
+    write = clean_module.write_parquet
+
+    def losing_one_row(frame, written_table, *args, **kwargs):
+        if written_table is table:
+            frame = frame.filter(~F.col("user_id").eqNullSafe(F.lit("u2")))  # one clean row or one quarantined row
+        return write(frame, written_table, *args, **kwargs)
+
+    monkeypatch.setattr(clean_module, "write_parquet", losing_one_row)
+    with pytest.raises(RowCountMismatchError) as failure:
+        clean(settings, DS, "books")
+    assert str(failure.value) == (
+        f"clean books ds={DS}: rows do not add up: raw/domain=books/ds={DS} holds 15 rows, but "
+        f"clean {9 if table is CLEAN_INTERACTIONS else 10} + quarantined {1 if table is CLEAN_INTERACTIONS else 0} + duplicates 4 = 14 "
+        "(1 row(s) unaccounted for); the previous clean partition is kept"
+    )
+    assert read(lake, CLEAN_INTERACTIONS) == previous  # the doubtful output did not replace it
+    recorded = read_run_reports(lake, DS).to_pylist()[-1]
+    assert recorded["status"] == "failed" and "rows do not add up" in json.loads(recorded["metrics"])["error"]
+
+
 def test_too_many_bad_rows_fail_naming_file_and_reason(settings, lake, spark):
     land(lake, "good.csv", "user_id,item_id,ts\n" + "".join(f"u{i},i{i},{EPOCH}\n" for i in range(10)))
     land(lake, "bad.csv", f"user_id,item_id,ts\n,i1,{EPOCH}\n,i2,{EPOCH}\n,i3,{EPOCH}\nu9,i9,{EPOCH}\n")

@@ -143,9 +143,9 @@ def landed_files(lake: Lake, domain: str = "books") -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(partition.iterdir())} if partition.exists() else {}
 
 
-def test_events_land_every_format_as_delivered_and_are_reported(lake, delivered):
+def test_events_land_every_format_as_delivered_and_are_reported(settings, lake, delivered):
     paths = [delivered["csv"], delivered["jsonl"], delivered["parquet"]]
-    summary = import_events(lake, paths, "books", DS)
+    summary = import_events(lake, paths, "books", DS, settings.ds_range)
 
     assert landed_files(lake) == {p.name: p.read_bytes() for p in paths}
     assert summary.domain("books").rows == 2 + 2 + 1  # CSV rows, JSON lines (one malformed: clean's job), Parquet rows
@@ -153,32 +153,49 @@ def test_events_land_every_format_as_delivered_and_are_reported(lake, delivered)
     assert [(r["stage"], r["domain"], r["status"], r["rows_in"]) for r in report] == [("import", "books", "success", 5)]
 
 
-def test_events_with_a_file_missing_ts_land_nothing_and_name_the_file(lake, delivered):
-    import_events(lake, [delivered["csv"]], "books", DS)
+def test_events_with_a_file_missing_ts_land_nothing_and_name_the_file(settings, lake, delivered):
+    import_events(lake, [delivered["csv"]], "books", DS, settings.ds_range)
     before = landed_files(lake)
 
     with pytest.raises(RawInputError, match=r"broken\.csv: missing required column\(s\) \['ts'\]"):
-        import_events(lake, [delivered["jsonl"], delivered["no_ts"]], "books", DS)
+        import_events(lake, [delivered["jsonl"], delivered["no_ts"]], "books", DS, settings.ds_range)
 
     assert landed_files(lake) == before  # all or nothing: the partition is as it was
     assert read_run_reports(lake, DS).to_pylist()[0]["status"] == "failed"
 
 
-def test_events_reject_corrupt_files_and_hidden_names(lake, tmp_path):
+def test_events_reject_corrupt_files_and_hidden_names(settings, lake, tmp_path):
     truncated = tmp_path / "cut.jsonl.gz"
     truncated.write_bytes(gzip.compress(b'{"user_id": "u", "item_id": "i", "ts": 1}\n' * 1000)[:-40])
     hidden = tmp_path / "_events.csv"
     hidden.write_text("user_id,item_id,ts\nu,i,1\n")
     with pytest.raises(RawInputError) as failure:
-        import_events(lake, [truncated, hidden], "books", DS)
+        import_events(lake, [truncated, hidden], "books", DS, settings.ds_range)
     assert "cut.jsonl.gz: unreadable file" in str(failure.value)
     assert "_events.csv: a file name starting with" in str(failure.value)
     assert landed_files(lake) == {}
 
 
-def test_events_reimport_replaces_the_partition(lake, delivered):
-    import_events(lake, [delivered["csv"], delivered["jsonl"]], "books", DS)
-    import_events(lake, [delivered["parquet"]], "books", DS)
+def test_events_accept_parquet_of_pandas_types_and_refuse_a_type_clean_cannot_read(settings, lake, tmp_path):
+    """Nanosecond and zoned timestamps (pandas' own), list ids (a row-level problem, for
+    clean to quarantine) land; a contract column Spark cannot read refuses the file,
+    naming it and the column."""
+    import pandas as pd
+
+    readable = tmp_path / "pandas.parquet"
+    ts = pd.to_datetime(["2026-11-20 10:00:00.000000001"]).tz_localize("Europe/Paris")
+    pd.DataFrame({"user_id": [["u1", "u2"]], "item_id": ["i1"], "ts": ts, "created": ts.tz_localize(None)}).to_parquet(readable)
+    assert import_events(lake, [readable], "books", DS, settings.ds_range).domain("books").rows == 1
+    half = tmp_path / "half.parquet"
+    pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["i1"], "ts": [1795132808], "value": pa.array([1.5], pa.float16())}), half)
+    with pytest.raises(RawInputError, match=r"half\.parquet: column 'value' has type halffloat, which the clean stage cannot read"):
+        import_events(lake, [half], "books", DS, settings.ds_range)
+    assert list(landed_files(lake)) == ["pandas.parquet"]
+
+
+def test_events_reimport_replaces_the_partition(settings, lake, delivered):
+    import_events(lake, [delivered["csv"], delivered["jsonl"]], "books", DS, settings.ds_range)
+    import_events(lake, [delivered["parquet"]], "books", DS, settings.ds_range)
     assert list(landed_files(lake)) == ["orders.parquet"]
 
 

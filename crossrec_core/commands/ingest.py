@@ -69,8 +69,11 @@ def register(app: typer.Typer) -> None:
         """
         from crossrec_core.ingest.pairs import import_pairs
         from crossrec_core.lake import Lake
+        from crossrec_core.pipeline import parse_ds
 
         settings = settings_from(config, lake)
+        if end_date is not None:
+            parse_ds(end_date, settings.ds_range)
         summary = import_pairs(Lake(settings.lake), directory, source, target, days, end_date, seed, common_users)
         print_summary(f"import pairs {directory} -> {settings.lake} (synthetic timestamps)", summary)
         _pipeline_hint(source, target)
@@ -122,7 +125,7 @@ def register(app: typer.Typer) -> None:
         from crossrec_core.lake import Lake
 
         settings = settings_from(config, lake)
-        summary = import_events(Lake(settings.lake), files, domain, ds)
+        summary = import_events(Lake(settings.lake), files, domain, ds, settings.ds_range)
         print_summary(f"import events -> {settings.lake}", summary)
         if domain not in settings.domains.all:
             console.print(

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
         settings = settings_from(config, lake)
         result = user_recommendations(
-            Lake(settings.lake), user_id, domain or settings.target, ds=parse_ds(ds) if ds else None, version=version, k=k
+            Lake(settings.lake), user_id, domain or settings.target, ds=parse_ds(ds, settings.ds_range) if ds else None, version=version, k=k
         )
         if as_json:
             typer.echo(json.dumps(result.as_dict()))

@@ -1,8 +1,16 @@
 """Stage ``clean`` for one (domain, ds): raw landing files -> clean interactions + quarantine.
 
 Every raw row ends in exactly one place: ``clean/interactions``, ``clean/quarantine`` (with
-one reason) or the count of removed duplicates; ``rows_in = rows_clean + rows_quarantined
-+ duplicates_removed`` is in the run report.
+one reason) or the count of removed duplicates. Each count is taken on its own: rows_in
+by a pass over the raw files that evaluates no rule, rows_quarantined and rows_out by
+reading back what was written, duplicates_removed as the copies the de-duplication drops
+(counted as it drops them). The stage fails with :class:`RowCountMismatchError`, naming
+the partition, unless ``rows_in = rows_out + rows_quarantined + duplicates_removed``;
+the new clean partition then does not replace the previous one.
+
+A raw partition whose files hold no rows is an empty delivery: a warning in the run
+report's ``metrics.warnings``, or the stage fails (:class:`EmptyDeliveryError`) when
+``fail_on_empty_delivery`` is set.
 
 Normalisation
   * ids (user, item, event) are trimmed of surrounding whitespace; an id that still holds
@@ -10,14 +18,19 @@ Normalisation
     break CSV exports and log lines, and the derived event id joins fields with U+001F.
   * ``ts`` is epoch seconds, epoch milliseconds or ISO-8601. A number whose magnitude is
     above 1e11 is milliseconds (1e11 s is the year 5138, 1e11 ms is 1973-03-03); an
-    ISO-8601 string without a zone is UTC. The result is a UTC timestamp.
+    ISO-8601 string must start with a whole date YYYY-MM-DD (Spark alone would read
+    ``T05:00:00`` as today and ``2026-11`` as November 1st); without a zone it is UTC.
+    The result is a UTC timestamp.
   * ``event_type`` is trimmed and matched exactly against ``event_weights``; missing or
     empty means ``default_event_type``.
   * ``weight = event_weights[event_type] * value``, ``value`` defaulting to 1.0.
 
 Quarantine reasons, checked in this priority order (a row gets the first that applies):
-  1. ``malformed_record``: unparseable line (CSV field count or quoting, invalid JSON), or
-     an id with a control character;
+  1. ``malformed_record``: unparseable record (CSV field count, invalid JSON), an id of a
+     type that cannot be an id (a list or object, a fractional number: ``bad_id_type``
+     of raw_files), an id with a control character, or any contract field holding
+     U+FFFD: bytes that were not UTF-8 (or were already lost upstream), so two different
+     ids may read the same;
   2. ``missing_user_id``, 3. ``missing_item_id``: null, empty or whitespace only;
   4. ``oversize_id``: an id longer than ``max_id_length`` characters;
   5. ``bad_timestamp``: unparseable, not finite, or before ``earliest_valid_ts``;
@@ -46,16 +59,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from crossrec_core.config import Settings
-from crossrec_core.contracts import CLEAN_INTERACTIONS, QUARANTINE, RAW, QuarantineReason
+from crossrec_core.contracts import CLEAN_INTERACTIONS, QUARANTINE, RAW, RAW_COLUMNS, QuarantineReason
 from crossrec_core.errors import InputError
 from crossrec_core.etl.frames import write_parquet
-from crossrec_core.etl.raw_files import list_raw_files, local_name, naming_unreadable_files, read_raw
+from crossrec_core.etl.raw_files import RawFile, RawInputError, list_raw_files, local_name, naming_unreadable_files, read_raw
 from crossrec_core.lake import Lake, dir_size
 from crossrec_core.reports import StageReport, stage_run
 from crossrec_core.spark import spark_session
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, Observation
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +77,23 @@ WHITESPACE = " \t\n\r\f\v\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\
 CONTROL_CHARACTER = r"\p{Cc}"
 MILLISECONDS_ABOVE = 1e11
 KEY_SEPARATOR = "\u001f"
-JSON_FILE = r"\.jsonl?(\.gz)?$"
 MAX_FILES_IN_MESSAGE = 3
+REPLACEMENT_CHARACTER = "\ufffd"  # what a reader makes of bytes that are not UTF-8
+ISO_DATE_START = r"^\d{4}-\d{2}-\d{2}([T ]|$)"
 
 
 class QuarantineThresholdError(InputError):
     """Too large a share of a partition's rows was quarantined."""
+
+
+class EmptyDeliveryError(RawInputError):
+    """The raw partition's files hold no rows, and ``fail_on_empty_delivery`` is set."""
+
+
+class RowCountMismatchError(RuntimeError):
+    """rows_in != clean + quarantined + duplicates: a row was lost or counted twice.
+
+    Not bad input: a file changed while it was read, or a bug; a retry reads again."""
 
 
 def _trimmed(column: Column) -> Column:
@@ -98,7 +122,8 @@ def _any(conditions: Iterable[Column]) -> Column:
 
 
 def _parse_ts(text: Column, number: Column) -> Column:
-    """Epoch seconds, epoch milliseconds (> 1e11) or ISO-8601 (no zone = UTC) -> timestamp.
+    """Epoch seconds, epoch milliseconds (> 1e11) or ISO-8601 with a whole date (no zone =
+    UTC) -> timestamp.
 
     ``number`` is ``text`` cast to double (null when not a number)."""
     from pyspark.sql import functions as F
@@ -106,7 +131,8 @@ def _parse_ts(text: Column, number: Column) -> Column:
     finite = ~F.isnan(number) & (F.abs(number) < float("inf"))
     micros = F.round(F.when(F.abs(number) > MILLISECONDS_ABOVE, number * 1e3).otherwise(number * 1e6)).try_cast("long")
     # the session time zone is UTC (spark.py), so a zone-less string is read as UTC
-    return F.when(number.isNull(), text.try_cast("timestamp")).when(finite, F.timestamp_micros(micros))
+    iso = F.when(text.rlike(ISO_DATE_START), text.try_cast("timestamp"))
+    return F.when(number.isNull(), iso).when(finite, F.timestamp_micros(micros))
 
 
 def validate(raw: DataFrame, settings: Settings, ds: str) -> DataFrame:
@@ -137,12 +163,13 @@ def validate(raw: DataFrame, settings: Settings, ds: str) -> DataFrame:
         (F.try_element_at(weights, F.col("clean_event_type")) * F.col("clean_value")).alias("clean_weight"),
     )
     ids = [F.col("clean_user_id"), F.col("clean_item_id"), F.col("given_event_id")]
-    # JSON arrays/objects where an id belongs arrive as their JSON text: a wrong type, not an id.
-    # The cheap, rarely true test first: the file name's regex then runs for few rows.
-    structured_id = _any(c.startswith("[") | c.startswith("{") for c in ids) & F.col("file_path").rlike(JSON_FILE)
+    lost_bytes = _any(F.col(c).contains(REPLACEMENT_CHARACTER) for c in RAW_COLUMNS)
     ts, weight = F.col("clean_ts"), F.col("clean_weight")
     rules: list[tuple[QuarantineReason, Column]] = [
-        (QuarantineReason.MALFORMED_RECORD, F.col("raw_record").isNotNull() | structured_id | _any(c.rlike(CONTROL_CHARACTER) for c in ids)),
+        (
+            QuarantineReason.MALFORMED_RECORD,
+            F.col("raw_record").isNotNull() | F.col("bad_id_type") | lost_bytes | _any(c.rlike(CONTROL_CHARACTER) for c in ids),
+        ),
         (QuarantineReason.MISSING_USER_ID, _is_blank(F.col("clean_user_id"))),
         (QuarantineReason.MISSING_ITEM_ID, _is_blank(F.col("clean_item_id"))),
         (QuarantineReason.OVERSIZE_ID, _any(F.length(c) > settings.max_id_length for c in ids)),
@@ -222,8 +249,11 @@ def _written_counts(rows_in: int, quarantine: Path) -> _Counts:
     return _Counts(rows_in, tally("reason"), tally("source_file"))
 
 
-def _deduplicated(rows: DataFrame) -> DataFrame:
+def _deduplicated(rows: DataFrame, removed: Observation) -> DataFrame:
     """One row per event id: the smallest (ts, user, item, event type, weight), whatever the file order.
+
+    ``removed`` counts the copies dropped (``duplicates``) as the write runs, in the same
+    pass, not derived from the other counts.
 
     The rows are shuffled by event id and each partition is sorted once, by event id and
     then that order, which is all the window needs; left to plan the window alone, Spark
@@ -238,6 +268,7 @@ def _deduplicated(rows: DataFrame) -> DataFrame:
         .repartition("clean_event_id")
         .sortWithinPartitions("clean_event_id", *order)
         .withColumn("copy", F.row_number().over(first))
+        .observe(removed, F.count_if(F.col("copy") > 1).alias("duplicates"))
         .filter(F.col("copy") == 1)
         .select(
             F.col("clean_event_id").alias("event_id"),
@@ -261,8 +292,28 @@ def _threshold_message(domain: str, ds: str, counts: _Counts, threshold: float, 
     )
 
 
+def _check_identity(domain: str, ds: str, rows_in: int, rows_clean: int, rows_quarantined: int, duplicates: int) -> None:
+    accounted = rows_clean + rows_quarantined + duplicates
+    if accounted != rows_in:
+        raise RowCountMismatchError(
+            f"clean {domain} ds={ds}: rows do not add up: raw/domain={domain}/ds={ds} holds {rows_in} rows, but "
+            f"clean {rows_clean} + quarantined {rows_quarantined} + duplicates {duplicates} = {accounted} "
+            f"({abs(rows_in - accounted)} row(s) {'unaccounted for' if accounted < rows_in else 'counted twice'}); "
+            "the previous clean partition is kept"
+        )
+
+
+def _empty_delivery(settings: Settings, ds: str, domain: str, files: list[RawFile], report: StageReport) -> None:
+    message = f"empty delivery: raw/domain={domain}/ds={ds} holds {len(files)} file(s) and no rows"
+    if settings.fail_on_empty_delivery:
+        raise EmptyDeliveryError(f"clean {domain} ds={ds}: {message} (fail_on_empty_delivery is set)")
+    log.warning("clean %s ds=%s: %s", domain, ds, message)
+    report.metrics.setdefault("warnings", []).append(message)
+
+
 def clean(settings: Settings, ds: str, domain: str) -> StageReport:
     """Validate, quarantine and de-duplicate the raw files of (domain, ds)."""
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     lake = Lake(settings.lake)
@@ -278,25 +329,24 @@ def clean(settings: Settings, ds: str, domain: str) -> StageReport:
         rows = validate(raw, settings, ds)
         with naming_unreadable_files():
             rows_in, splits = _file_splits(raw)
+            report.rows_in = rows_in
+            if rows_in == 0:
+                _empty_delivery(settings, ds, domain, files, report)
             with lake.replace_partition(QUARANTINE, domain=domain, ds=ds) as staged:
                 # quarantine is small: one file, in file order
                 write_parquet(_quarantined(rows, splits), QUARANTINE, staged, "source_file", "source_row", files=1)
                 counts = _written_counts(rows_in, staged)
+            report.rows_quarantined = counts.rows_quarantined
+            report.metrics.update(reasons=dict(counts.reasons), bad_rows_per_file=dict(counts.bad_rows_per_file))
             log.info("clean %s ds=%s: %d rows read, %d quarantined", domain, ds, counts.rows_in, counts.rows_quarantined)
             with lake.replace_partition(CLEAN_INTERACTIONS, domain=domain, ds=ds) as staged:
-                write_parquet(_deduplicated(rows), CLEAN_INTERACTIONS, staged, "event_id")  # sorted by the dedup already
-                rows_clean = pads.dataset(staged, format="parquet").count_rows()
-        duplicates = counts.rows_in - counts.rows_quarantined - rows_clean
-        report.rows_in = counts.rows_in
-        report.rows_out = rows_clean
-        report.rows_quarantined = counts.rows_quarantined
+                removed = Observation("removed_duplicates")
+                write_parquet(_deduplicated(rows, removed), CLEAN_INTERACTIONS, staged, "event_id")  # sorted by the dedup already
+                report.rows_out = pads.dataset(staged, format="parquet").count_rows()
+                report.metrics["duplicates_removed"] = removed.get["duplicates"]
+                _check_identity(domain, ds, rows_in, report.rows_out, report.rows_quarantined, report.metrics["duplicates_removed"])
         report.bytes_out = sum(
             dir_size(lake.partition_path(table, domain=domain, ds=ds))[0] for table in (CLEAN_INTERACTIONS, QUARANTINE)
-        )
-        report.metrics.update(
-            duplicates_removed=duplicates,
-            reasons=dict(counts.reasons),
-            bad_rows_per_file=dict(counts.bad_rows_per_file),
         )
         if counts.rows_in and counts.rows_quarantined / counts.rows_in > settings.quarantine_threshold:
             raise QuarantineThresholdError(

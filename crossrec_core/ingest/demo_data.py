@@ -294,7 +294,7 @@ def generate_demo_data(
     events_per_day = EVENTS_PER_USER_PER_DAY * users if events_per_day is None else events_per_day
     if events_per_day < 1:
         raise InputError(f"events_per_day must be at least 1, got {events_per_day}")
-    end_date = parse_ds(end_date or yesterday_utc())
+    end_date = parse_ds(end_date or yesterday_utc(), settings.ds_range)
     source, target = settings.domains.all
     model = taste_model(np.random.default_rng([seed, 0]), users, source, target)
     volume = {source: events_per_day, target: max(1, round(TARGET_VOLUME * events_per_day))}

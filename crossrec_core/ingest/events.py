@@ -8,10 +8,13 @@ partition keeps what it had (all or nothing). A file passes when
 * it is readable end to end (a truncated ``.gz`` or a corrupt Parquet page fails);
 * it has the required columns ``user_id``, ``item_id``, ``ts``: the CSV header, the
   Parquet schema, or, for JSON Lines, the keys of the first parseable objects among its
-  first :data:`JSON_SAMPLE_LINES` lines.
+  first :data:`JSON_SAMPLE_LINES` lines;
+* a Parquet file's contract columns are of types the clean stage reads
+  (:func:`~crossrec_core.etl.raw_files.raw_parquet_types`).
 
-Row-level problems (a blank id, a bad timestamp, a malformed line) are not import errors:
-the clean stage quarantines those rows with a reason. The files land under their own
+Row-level problems (a blank id, a bad timestamp, a malformed line, bytes that are not
+UTF-8, a list where an id belongs) are not import errors: the clean stage quarantines
+those rows with a reason. The files land under their own
 names and replace the partition's previous files, so re-importing a day never duplicates.
 """
 
@@ -29,8 +32,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crossrec_core.config import DsRange
 from crossrec_core.contracts import RAW, RAW_REQUIRED_COLUMNS
-from crossrec_core.etl.raw_files import COMPRESSIBLE, FORMATS, RawInputError, _check_columns, _csv_header
+from crossrec_core.etl.raw_files import COMPRESSIBLE, FORMATS, RawInputError, _check_columns, _csv_header, raw_parquet_types
 from crossrec_core.ingest.landing import DomainSummary, ImportSummary, check_domain_name
 from crossrec_core.lake import Lake
 from crossrec_core.pipeline import parse_ds
@@ -101,9 +105,9 @@ def _json_keys(path: Path) -> list[str] | None:
 
 
 def _check_parquet(path: Path) -> int:
+    raw_parquet_types(path)
     try:
         parquet = pq.ParquetFile(path)
-        _check_columns(path, parquet.schema_arrow.names)
         for _ in parquet.iter_batches(columns=list(RAW_REQUIRED_COLUMNS)):
             pass  # decode every page now, not in the nightly run
     except (pa.ArrowException, OSError) as err:
@@ -149,10 +153,11 @@ def check_event_files(paths: list[Path]) -> list[EventFile]:
     return checked
 
 
-def import_events(lake: Lake, paths: list[Path], domain: str, ds: str) -> ImportSummary:
-    """Check ``paths`` and land them as the partition raw/domain=D/ds=DS (replacing it)."""
+def import_events(lake: Lake, paths: list[Path], domain: str, ds: str, ds_range: DsRange) -> ImportSummary:
+    """Check ``paths`` and land them as the partition raw/domain=D/ds=DS (replacing it);
+    ``ds`` must lie in ``ds_range`` (the config's)."""
     check_domain_name(domain)
-    ds = parse_ds(ds)
+    ds = parse_ds(ds, ds_range)
     with stage_run(lake, "import", ds, domain=domain) as report:
         files = check_event_files(paths)
         report.rows_in = sum(f.records for f in files)

@@ -54,7 +54,7 @@ class ImportSummary:
 
 
 def check_domain_name(name: str, option: str = "domain") -> str:
-    """``name`` if it is a safe domain name (it becomes a path segment), else ValueError."""
+    """``name`` if it is a safe domain name (it becomes a path segment), else InputError."""
     if not DOMAIN_NAME_PATTERN.match(name):
         raise InputError(
             f"{option} {name!r} is not a valid domain name: it must match {DOMAIN_NAME_PATTERN.pattern} "
