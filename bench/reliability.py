@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from bench.common import REPO, machine, write_section
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, FEATURE_INTERACTIONS, SCORES
@@ -54,7 +56,8 @@ def partition_digest(lake: Lake, stage: str, settings) -> str | None:
     if not lake.partition_path(table, ds=DS, **values).exists():
         return None
     rows = lake.read_parquet_partition(table, ds=DS, **values)
-    rows = rows.sort_by([(name, "ascending") for name in rows.column_names if name not in ("weight", "score")])
+    sortable = [name for name in rows.column_names if name not in ("weight", "score") and not pa.types.is_list(rows.schema.field(name).type)]
+    rows = rows.sort_by([(name, "ascending") for name in sortable])
     return hashlib.sha256(repr(rows.to_pydict()).encode()).hexdigest()
 
 

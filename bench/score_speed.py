@@ -46,7 +46,7 @@ from bench.common import REPO, figure, save_figure, write_section
 
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from crossrec_core import scoring  # noqa: E402
+from crossrec_core import ranking, scoring  # noqa: E402
 from crossrec_core.config import load_settings  # noqa: E402
 from crossrec_core.data import FeatureSet  # noqa: E402
 from crossrec_core.lake import Lake  # noqa: E402

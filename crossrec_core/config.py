@@ -24,8 +24,8 @@ from pydantic_settings.exceptions import SettingsError
 
 from crossrec_core.errors import CrossrecError
 
-MODEL_NAMES = ("popularity", "item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd")
 ModelName = Literal["popularity", "item_knn_cross", "ease_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd", "hybrid"]
+MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 
 # Domain names become path segments (raw/domain=NAME/...): keep them to a safe alphabet so
 # that no config value or trigger param can point outside the lake root.

@@ -154,8 +154,8 @@ def test_clean_featurize_and_spark_scoring_on_a_standalone_cluster_equal_local(c
         shutil.copytree(source_partition, cluster_lake.partition_path(table, domain=local.source, ds=DS))
     shutil.copytree(local_lake.root / "models", cluster_lake.root / "models")
     assert orchestration.spark_master(on_cluster) == cluster.url  # what the score task hands its job
-    params = {name: param.value for name, param in orchestration.dag_params(on_cluster).items()}
-    context = {"ds": DS, "params": params}
+    params = {**{name: param.value for name, param in orchestration.dag_params(on_cluster).items()}, "ds": DS}
+    context = {"ds": DS, "params": params, "dag_run": None, **orchestration.dag_macros()}
     caplog.set_level("INFO")
     for stage, domain, task_id in (
         ("clean", orchestration.PARAM_TEMPLATES["target_domain"], "clean_target"),
@@ -164,7 +164,7 @@ def test_clean_featurize_and_spark_scoring_on_a_standalone_cluster_equal_local(c
         operator = orchestration.spark_stage(on_cluster, stage, domain=domain, task_id=task_id)
         operator.render_template_fields(context)
         operator.execute(context)
-    orchestration.run_job(on_cluster, "score", DS, params)
+    orchestration.follow_job(orchestration.start_job(on_cluster, "score", DS, params), "score", DS)
 
     apps = cluster.state()
     assert sorted(app["name"] for app in apps["completedapps"]) == ["crossrec-clean", "crossrec-featurize", "crossrec-score"]

@@ -54,7 +54,8 @@ def test_pairs_import_matches_readme_and_keeps_cold_start_users_out_of_raw(share
     cloth, sport = summary.domain("cloth"), summary.domain("sport")
     assert (cloth.rows, cloth.users, cloth.items) == (187_880, 40_839, 17_943)
     assert (sport.rows, sport.users, sport.items) == (163_291, 26_346, 12_655)
-    assert summary.details["users in both domains (train)"] == 25_356
+    assert summary.details["common users (C: ids below it are one person in both domains)"] == 9_828
+    assert summary.details["users in both domains (train)"] == 7_856  # ids from C upwards are two people
     assert summary.details["cloth test rows (holdout)"] == 3_085
     assert summary.details["cloth test users (holdout)"] == 907
     assert summary.details["cloth test users with cloth train rows"] == 0

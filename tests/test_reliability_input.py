@@ -199,5 +199,5 @@ def test_the_run_date_range_is_configured(tmp_path):
         parse_ds("2026-11-05", narrow)
     with pytest.raises(ConfigError, match="ds_range"):
         load_settings(ds_range={"earliest": "2026-06-30", "latest": "2026-01-01"})
-    with pytest.raises(ValueError, match="outside ds_range"):
+    with pytest.raises(InputError, match="outside ds_range"):
         import_events(Lake(tmp_path / "lake"), [tmp_path / "unused.csv"], "books", "2026-11-05", narrow)
