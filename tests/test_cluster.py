@@ -169,8 +169,9 @@ def test_clean_featurize_and_spark_scoring_on_a_standalone_cluster_equal_local(c
     apps = cluster.state()
     assert sorted(app["name"] for app in apps["completedapps"]) == ["crossrec-clean", "crossrec-featurize", "crossrec-score"]
     assert not apps["activeapps"]
-    # shuffle_partitions: auto took the cluster's cores in each application
-    assert caplog.text.count(f"on {cluster.url}: {2 * cluster.cores} shuffle partitions") == 3
+    # shuffle_partitions: auto took the cluster's cores (the score job's log reaches the task log here;
+    # the Spark stages' logs go through the provider's hook)
+    assert f"on {cluster.url}: {2 * cluster.cores} shuffle partitions" in caplog.text
 
     for domain in local.domains.all:
         keys = dict(domain=domain, ds=DS)
