@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -153,7 +153,7 @@ class OrchestrationSettings(_Section):
     max_retry_delay_seconds: float = Field(ge=0)
     spark_conn_id: str = Field(min_length=1)
     torch_queue: str | None = Field(description="Airflow queue of the train and score tasks (a GPU worker); None: default queue")
-    stage_timeout_minutes: dict[Literal[TIMED_TASKS], float] = Field(
+    stage_timeout_minutes: dict[Literal[TIMED_TASKS], PositiveFloat] = Field(
         description="execution_timeout of each task; a task past it is killed (with its child processes) and retried"
     )
     dagrun_timeout_minutes: float = Field(gt=0, description="a whole night past this is failed, so it cannot block later nights")
@@ -169,9 +169,6 @@ class OrchestrationSettings(_Section):
         missing = sorted(set(get_args(TIMED_TASKS)) - set(timeouts))
         if missing:
             raise ValueError(f"no timeout for {missing}")
-        bad = {task: minutes for task, minutes in timeouts.items() if not minutes > 0}
-        if bad:
-            raise ValueError(f"timeouts must be > 0 minutes, got {bad}")
         return timeouts
 
     @model_validator(mode="after")
@@ -195,7 +192,7 @@ class Settings(BaseSettings):
 
     lake: Path
     domains: Domains
-    event_weights: dict[str, float]
+    event_weights: dict[str, PositiveFloat]
     default_event_type: str
     window_days: int = Field(ge=1)
     decay_half_life_days: float = Field(gt=0)
@@ -213,14 +210,6 @@ class Settings(BaseSettings):
     gate: GateSettings
     orchestration: OrchestrationSettings
     query: QuerySettings
-
-    @field_validator("event_weights")
-    @classmethod
-    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
-        bad = {name: w for name, w in weights.items() if not w > 0}
-        if bad:
-            raise ValueError(f"event weights must be > 0, got {bad}")
-        return weights
 
     @model_validator(mode="after")
     def _default_event_known(self) -> Settings:
