@@ -48,9 +48,12 @@ def _command_line(ctx: click.Context) -> str:
     parts = [ctx.command_path]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if value is None:
+        if value is None or value is False:
             continue
-        parts += [str(value)] if param.param_type_name == "argument" else [param.opts[0], str(value)]
+        if param.param_type_name == "argument":
+            parts.append(str(value))
+        else:
+            parts += [param.opts[0]] if value is True and getattr(param, "is_flag", False) else [param.opts[0], str(value)]
     return " ".join(parts)
 
 
