@@ -32,7 +32,11 @@ GRID = [(rank, reg) for rank in (32, 64) for reg in (0.01, 0.1)]
 DATASETS = {
     "amazon_cloth_sport": ("pairs", "amazon-cloth-sport", {"source": "cloth", "target": "sport"}),
     "amazon_sport_cloth": ("pairs", "amazon-cloth-sport", {"source": "sport", "target": "cloth"}),
-    "ml1m_genres": ("recbole", "movielens-1m", {"source_genres": ["Comedy", "Romance", "Drama"], "target_genres": ["Sci-Fi", "Action", "Thriller"]}),
+    "ml1m_genres": (
+        "recbole",
+        "movielens-1m",
+        {"source_genres": ["Comedy", "Romance", "Drama"], "target_genres": ["Sci-Fi", "Action", "Thriller"]},
+    ),
 }
 CROSSREC_MODELS = ("item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd")
 
@@ -47,7 +51,9 @@ def ratings(spark, users: np.ndarray, items: np.ndarray, weights: np.ndarray):
     import pandas as pd
 
     spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
-    return spark.createDataFrame(pd.DataFrame({"user": users.astype(np.int32), "item": items.astype(np.int32), "rating": weights.astype(np.float32)}))
+    return spark.createDataFrame(
+        pd.DataFrame({"user": users.astype(np.int32), "item": items.astype(np.int32), "rating": weights.astype(np.float32)})
+    )
 
 
 def fit_als(spark, features, rank: int, reg: float, seed: int = 42):
@@ -56,14 +62,24 @@ def fit_als(spark, features, rank: int, reg: float, seed: int = 42):
 
     joint = sp.hstack([features.train[features.source], features.train[features.target]]).tocoo()
     frame = ratings(spark, joint.row, joint.col, joint.data)
-    model = ALS(rank=rank, regParam=reg, maxIter=10, implicitPrefs=True, alpha=1.0, seed=seed, coldStartStrategy="drop",
-                userCol="user", itemCol="item", ratingCol="rating").fit(frame)
+    model = ALS(
+        rank=rank,
+        regParam=reg,
+        maxIter=10,
+        implicitPrefs=True,
+        alpha=1.0,
+        seed=seed,
+        coldStartStrategy="drop",
+        userCol="user",
+        itemCol="item",
+        ratingCol="rating",
+    ).fit(frame)
     users = np.zeros((features.n_users, rank), dtype=np.float32)  # no factor (no history): zero vector
     items = np.zeros((joint.shape[1], rank), dtype=np.float32)
     for frame_, array in ((model.userFactors, users), (model.itemFactors, items)):
         rows = frame_.toPandas()
         array[rows["id"].to_numpy()] = np.stack(rows["features"].to_numpy())
-    return model, users, items[features.n_items(features.source):]
+    return model, users, items[features.n_items(features.source) :]
 
 
 def quality(spark, data: Path, name: str) -> dict:
@@ -77,7 +93,12 @@ def quality(spark, data: Path, name: str) -> dict:
             best = (score, rank, reg, users, items)
     _, rank, reg, users, items = best
     test = evaluate_model(two_tower(splits.test, users, items), splits.test, ks=(10,))
-    return {"dataset": name, "rank": rank, "reg": reg, "test": {s: {m: test[s][m] for m in ("ndcg@10", "recall@10", "users")} for s in test}}
+    return {
+        "dataset": name,
+        "rank": rank,
+        "reg": reg,
+        "test": {s: {m: test[s][m] for m in ("ndcg@10", "recall@10", "users")} for s in test},
+    }
 
 
 def crossrec_rows(name: str) -> dict[str, dict[str, float]]:
@@ -110,15 +131,26 @@ def scoring_speed(spark, users: int, items: int, rank: int, k: int) -> dict:
     item_factors = model.itemFactors.toPandas().sort_values("id")
     n_users, n_items = len(user_factors), len(item_factors)
     empty = sp.csr_matrix((n_users, n_items), dtype=np.float32)
-    features = FeatureSet(source="src", target="tgt", user_ids=np.arange(n_users).astype(str),
-                          item_ids={"src": np.array([], dtype=str), "tgt": np.arange(n_items).astype(str)},
-                          train={"src": sp.csr_matrix((n_users, 0), dtype=np.float32), "tgt": empty})
+    features = FeatureSet(
+        source="src",
+        target="tgt",
+        user_ids=np.arange(n_users).astype(str),
+        item_ids={"src": np.array([], dtype=str), "tgt": np.arange(n_items).astype(str)},
+        train={"src": sp.csr_matrix((n_users, 0), dtype=np.float32), "tgt": empty},
+    )
     model_vectors = two_tower(features, np.stack(user_factors["features"].to_numpy()), np.stack(item_factors["features"].to_numpy()))
     started = time.perf_counter()
     top_k(model_vectors, features, "tgt", np.arange(n_users), k, block_size=4096)
     crossrec_seconds = time.perf_counter() - started
-    return {"users": n_users, "items": n_items, "rank": rank, "k": k, "als_seconds": als_seconds,
-            "crossrec_seconds": crossrec_seconds, "speedup": als_seconds / crossrec_seconds}
+    return {
+        "users": n_users,
+        "items": n_items,
+        "rank": rank,
+        "k": k,
+        "als_seconds": als_seconds,
+        "crossrec_seconds": crossrec_seconds,
+        "speedup": als_seconds / crossrec_seconds,
+    }
 
 
 def plot(rows: list[tuple[str, float, float, float]]) -> str:
@@ -137,12 +169,19 @@ def plot(rows: list[tuple[str, float, float, float]]) -> str:
 
 
 def section(results: list[dict], speed: dict, command: str) -> str:
-    lines = [SECTION, "", f"`{command}`; {machine()}.", "",
-             "Quality, full ranking, NDCG@10 on the test split (ALS: best of rank {32, 64} x regParam {0.01, 0.1} on validation, "
-             "10 iterations, implicit preferences, trained on source + target, so a cold-start user has an ALS factor from "
-             "their source history and needs no fallback). crossrec columns: means from docs/results/. "
-             f"Goals: crossrec's best above ALS for warm users, at least {FAR_ABOVE:g}x ALS for cold-start users.", "",
-             "| dataset | segment | users | ALS | crossrec best | which | item_knn_cross | goal |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        SECTION,
+        "",
+        f"`{command}`; {machine()}.",
+        "",
+        "Quality, full ranking, NDCG@10 on the test split (ALS: best of rank {32, 64} x regParam {0.01, 0.1} on validation, "
+        "10 iterations, implicit preferences, trained on source + target, so a cold-start user has an ALS factor from "
+        "their source history and needs no fallback). crossrec columns: means from docs/results/. "
+        f"Goals: crossrec's best above ALS for warm users, at least {FAR_ABOVE:g}x ALS for cold-start users.",
+        "",
+        "| dataset | segment | users | ALS | crossrec best | which | item_knn_cross | goal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     bars = []
     for r in results:
         ours = crossrec_rows(r["dataset"])
@@ -153,15 +192,28 @@ def section(results: list[dict], speed: dict, command: str) -> str:
             best = max(candidates, key=candidates.get) if candidates else None
             needed = metrics["ndcg@10"] * (FAR_ABOVE if segment == "cold_start" else 1.0)
             met = best is not None and candidates[best] > needed
-            lines.append(f"| {r['dataset']} (ALS rank {r['rank']}, reg {r['reg']}) | {segment} | {metrics['users']:,} | "
-                         f"{metrics['ndcg@10']:.4f} | {candidates.get(best, float('nan')):.4f} | {best or 'n/a'} | "
-                         f"{ours.get('item_knn_cross', {}).get(segment, float('nan')):.4f} | {'met' if met else 'NOT met'} |")
-            bars.append((f"{r['dataset']} {segment}", metrics["ndcg@10"], candidates.get(best, float("nan")),
-                         ours.get("item_knn_cross", {}).get(segment, float("nan"))))
-    lines += ["", f"Scoring: {speed['users']:,} users x {speed['items']:,} items, rank {speed['rank']}, K = {speed['k']}: "
-              f"ALS `recommendForAllUsers` {speed['als_seconds']:.1f} s (Spark local[2], result consumed by a no-op sink); "
-              f"crossrec `ranking.top_k_for_users` (torch, 2 threads) {speed['crossrec_seconds']:.1f} s on the same factors: "
-              f"**{speed['speedup']:.1f}x** (goal >= 5x: {'met' if speed['speedup'] >= 5 else 'NOT met'}).", "", plot(bars)]
+            lines.append(
+                f"| {r['dataset']} (ALS rank {r['rank']}, reg {r['reg']}) | {segment} | {metrics['users']:,} | "
+                f"{metrics['ndcg@10']:.4f} | {candidates.get(best, float('nan')):.4f} | {best or 'n/a'} | "
+                f"{ours.get('item_knn_cross', {}).get(segment, float('nan')):.4f} | {'met' if met else 'NOT met'} |"
+            )
+            bars.append(
+                (
+                    f"{r['dataset']} {segment}",
+                    metrics["ndcg@10"],
+                    candidates.get(best, float("nan")),
+                    ours.get("item_knn_cross", {}).get(segment, float("nan")),
+                )
+            )
+    lines += [
+        "",
+        f"Scoring: {speed['users']:,} users x {speed['items']:,} items, rank {speed['rank']}, K = {speed['k']}: "
+        f"ALS `recommendForAllUsers` {speed['als_seconds']:.1f} s (Spark local[2], result consumed by a no-op sink); "
+        f"crossrec `ranking.top_k_for_users` (torch, 2 threads) {speed['crossrec_seconds']:.1f} s on the same factors: "
+        f"**{speed['speedup']:.1f}x** (goal >= 5x: {'met' if speed['speedup'] >= 5 else 'NOT met'}).",
+        "",
+        plot(bars),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -175,12 +227,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from crossrec_core.spark import spark_session
 
-    spark = spark_session(load_settings(spark={"driver_memory": "4g", "shuffle_partitions": 4, "conf": {"spark.ui.showConsoleProgress": "false"}}), "crossrec-bench-als")
+    spark = spark_session(
+        load_settings(spark={"driver_memory": "4g", "shuffle_partitions": 4, "conf": {"spark.ui.showConsoleProgress": "false"}}),
+        "crossrec-bench-als",
+    )
     results = [quality(spark, args.data, name) for name in args.datasets.split(",")]
     speed = scoring_speed(spark, args.score_users, args.score_items, rank=64, k=50)
     print(json.dumps({"quality": results, "speed": speed}, default=float))
-    command = "python -m bench.als" + (f" --datasets {args.datasets}" if args.datasets != ",".join(DATASETS) else "") + \
-        (f" --score-users {args.score_users} --score-items {args.score_items}" if args.score_users != 20_000 else "")
+    command = (
+        "python -m bench.als"
+        + (f" --datasets {args.datasets}" if args.datasets != ",".join(DATASETS) else "")
+        + (f" --score-users {args.score_users} --score-items {args.score_items}" if args.score_users != 20_000 else "")
+    )
     text = section(results, speed, command)
     print(text)
     if args.write_docs:

@@ -16,8 +16,14 @@ DOCS = Path(os.environ.get("CROSSREC_BENCH_DOCS", REPO / "docs" / "BENCHMARKS.md
 
 def machine() -> str:
     """One line naming the machine and the date, for every table."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     memory = psutil.virtual_memory().total / 2**30
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 

@@ -36,7 +36,9 @@ def main() -> None:
             per_day = round(events / args.days / (1 + TARGET_VOLUME))
             users = max(20, events // EVENTS_PER_USER)
             clock, cpu = time.perf_counter(), time.process_time()
-            summary = generate_demo_data(Lake(root), settings, users=users, days=args.days, seed=0, end_date="2026-11-20", events_per_day=per_day)
+            summary = generate_demo_data(
+                Lake(root), settings, users=users, days=args.days, seed=0, end_date="2026-11-20", events_per_day=per_day
+            )
             seconds, cpu = time.perf_counter() - clock, time.process_time() - cpu
             rows = sum(d.rows for d in summary.domains)
             size = sum(d.bytes for d in summary.domains)

@@ -22,15 +22,19 @@ def clean_partition(raw_dir: Path, out_dir: Path, settings: Settings, ds: str) -
     weights = ", ".join(f"('{name}', {weight})" for name, weight in settings.event_weights.items())
     sources = []
     if any(raw_dir.glob("*.parquet")):
-        sources.append(f"SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(item_id AS VARCHAR) AS item_id, CAST(ts AS VARCHAR) AS ts, "
-                       f"CAST(event_type AS VARCHAR) AS event_type, CAST(value AS VARCHAR) AS value FROM read_parquet('{raw_dir}/*.parquet', union_by_name=true)")
+        sources.append(
+            f"SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(item_id AS VARCHAR) AS item_id, CAST(ts AS VARCHAR) AS ts, "
+            f"CAST(event_type AS VARCHAR) AS event_type, CAST(value AS VARCHAR) AS value FROM read_parquet('{raw_dir}/*.parquet', union_by_name=true)"
+        )
     if any(raw_dir.glob("*.csv")):
-        sources.append(f"SELECT user_id, item_id, ts, event_type, value FROM read_csv('{raw_dir}/*.csv', all_varchar=true, header=true, union_by_name=true)")
+        sources.append(
+            f"SELECT user_id, item_id, ts, event_type, value FROM read_csv('{raw_dir}/*.csv', all_varchar=true, header=true, union_by_name=true)"
+        )
     connection = duckdb.connect()
     connection.execute("SET threads = 2")
     connection.execute(f"""
         CREATE TEMP TABLE validated AS
-        WITH raw AS ({' UNION ALL '.join(sources)}),
+        WITH raw AS ({" UNION ALL ".join(sources)}),
         weights(event_type, weight) AS (VALUES {weights}),
         parsed AS (
             SELECT trim(user_id) AS user_id, trim(item_id) AS item_id,
@@ -60,5 +64,10 @@ def clean_partition(raw_dir: Path, out_dir: Path, settings: Settings, ds: str) -
         SELECT (SELECT count(*) FROM validated), (SELECT count(*) FROM read_parquet('{out_dir}/clean.parquet')),
                (SELECT count(*) FROM validated WHERE reason IS NOT NULL)""").fetchone()
     rows_in, rows_clean, rows_quarantined = counts
-    return {"rows_in": rows_in, "rows_clean": rows_clean, "rows_quarantined": rows_quarantined,
-            "duplicates_removed": rows_in - rows_clean - rows_quarantined, "seconds": time.perf_counter() - started}
+    return {
+        "rows_in": rows_in,
+        "rows_clean": rows_clean,
+        "rows_quarantined": rows_quarantined,
+        "duplicates_removed": rows_in - rows_clean - rows_quarantined,
+        "seconds": time.perf_counter() - started,
+    }

@@ -39,8 +39,10 @@ def run(events: int, workdir: Path, model: str) -> dict:
     run_nights(settings, workdir / "airflow_home", [DS], progress=lambda line: print(line, flush=True))
     wall = time.perf_counter() - started
     stages = [
-        {**{k: r[k] for k in ("stage", "domain", "status", "rows_in", "rows_out", "rows_quarantined")},
-         "seconds": json.loads(r["metrics"]).get("seconds")}
+        {
+            **{k: r[k] for k in ("stage", "domain", "status", "rows_in", "rows_out", "rows_quarantined")},
+            "seconds": json.loads(r["metrics"]).get("seconds"),
+        }
         for r in read_run_reports(lake, DS).to_pylist()
     ]
     return {"events": events, "users": users, "model": model, "wall_seconds": wall, "stages": stages}
@@ -69,7 +71,9 @@ def section(result: dict, command: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for s in result["stages"]:
-        lines.append(f"| {s['stage']} | {s['domain']} | {s['rows_in']:,} | {s['rows_out']:,} | {s['rows_quarantined']:,} | {s['seconds']:.1f} |")
+        lines.append(
+            f"| {s['stage']} | {s['domain']} | {s['rows_in']:,} | {s['rows_out']:,} | {s['rows_quarantined']:,} | {s['seconds']:.1f} |"
+        )
     met = "met" if result["wall_seconds"] <= GOAL_SECONDS else "NOT met"
     lines += [
         "",

@@ -15,6 +15,7 @@ replaces the "## ETL (clean + featurize)" section of docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -204,28 +205,41 @@ def table(results: list[dict], command: str) -> str:
             f"| {r['duckdb_clean_source'] + r['duckdb_clean_target']:.1f} | {clean_ratio(r):.1f}x |"
         )
     worst = max(clean_ratio(r) for r in results)
-    lines += ["", "DuckDB reference: bench/duckdb_clean.py, the same rules in one SQL pass (2 threads) on the same raw files; "
-              "clean rows: " + "; ".join(f"{r['events']:,} events: Spark {r['clean_source_rows_out'] + r['clean_target_rows_out']:,}, "
-                                         f"DuckDB {r['duckdb_clean_source_rows_out'] + r['duckdb_clean_target_rows_out']:,}" for r in results) + ".",
-              f"Goal Spark clean within {GOAL_DUCKDB_RATIO}x of DuckDB: {'met' if worst <= GOAL_DUCKDB_RATIO else 'MISSED'} (worst {worst:.1f}x)."]
+    lines += [
+        "",
+        "DuckDB reference: bench/duckdb_clean.py, the same rules in one SQL pass (2 threads) on the same raw files; "
+        "clean rows: "
+        + "; ".join(
+            f"{r['events']:,} events: Spark {r['clean_source_rows_out'] + r['clean_target_rows_out']:,}, "
+            f"DuckDB {r['duckdb_clean_source_rows_out'] + r['duckdb_clean_target_rows_out']:,}"
+            for r in results
+        )
+        + ".",
+        f"Goal Spark clean within {GOAL_DUCKDB_RATIO}x of DuckDB: {'met' if worst <= GOAL_DUCKDB_RATIO else 'MISSED'} (worst {worst:.1f}x).",
+    ]
     totals = {r["events"]: r["clean_source"] + r["clean_target"] + r["featurize"] for r in results}
     if GOAL_EVENTS in totals:
         rate = GOAL_EVENTS / totals[GOAL_EVENTS]
-        lines += ["", f"Goal >= {GOAL_EVENTS_PER_S:,} events/s end to end at {GOAL_EVENTS:,} events: "
-                  f"{'met' if rate >= GOAL_EVENTS_PER_S else 'MISSED'} ({rate:,.0f})."]
+        lines += [
+            "",
+            f"Goal >= {GOAL_EVENTS_PER_S:,} events/s end to end at {GOAL_EVENTS:,} events: "
+            f"{'met' if rate >= GOAL_EVENTS_PER_S else 'MISSED'} ({rate:,.0f}).",
+        ]
         if BASE_EVENTS in totals:
             ratio = totals[GOAL_EVENTS] / totals[BASE_EVENTS]
-            lines.append(f"Goal {GOAL_EVENTS:,}-event time <= {GOAL_SCALING}x the {BASE_EVENTS:,}-event time: "
-                         f"{'met' if ratio <= GOAL_SCALING else 'MISSED'} ({ratio:.2f}x).")
+            lines.append(
+                f"Goal {GOAL_EVENTS:,}-event time <= {GOAL_SCALING}x the {BASE_EVENTS:,}-event time: "
+                f"{'met' if ratio <= GOAL_SCALING else 'MISSED'} ({ratio:.2f}x)."
+            )
     sizes = sorted(totals)
     if len(sizes) > 1:  # linear means the time grows no faster than the events
-        steps = [f"{big:,} / {small:,}: {totals[big] / totals[small]:.2f}x the time for {big / small:g}x the events"
-                 for small, big in zip(sizes, sizes[1:])]
+        steps = [
+            f"{big:,} / {small:,}: {totals[big] / totals[small]:.2f}x the time for {big / small:g}x the events"
+            for small, big in itertools.pairwise(sizes)
+        ]
         lines.append("Scaling: " + "; ".join(steps) + ".")
     lines += ["", plot(results)]
     return "\n".join(lines) + "\n"
-
-
 
 
 @app.command()
@@ -241,7 +255,10 @@ def main(
     for events in (int(s) for s in sizes.split(",")):
         print(f"measuring {events:,} events ...", file=sys.stderr, flush=True)
         child = subprocess.run(
-            [sys.executable, "-m", "bench.etl", "--one", str(events)], capture_output=True, text=True, cwd=REPO,
+            [sys.executable, "-m", "bench.etl", "--one", str(events)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
             env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
         )
         if child.returncode:

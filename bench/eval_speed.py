@@ -22,7 +22,6 @@ from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
 from crossrec_core.evaluation import evaluate_model
 
-
 SECTION = "## Evaluation speed"
 GOAL_SECONDS = 10
 
@@ -60,14 +59,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     features = synthetic_features(args.users, args.items, args.train_per_user, args.held_out_per_user, seed=0)
     generator = torch.Generator().manual_seed(0)
-    model = two_tower(features, torch.randn(features.n_users, args.dim, generator=generator),
-                      torch.randn(features.n_items(features.target), args.dim, generator=generator))
+    model = two_tower(
+        features,
+        torch.randn(features.n_users, args.dim, generator=generator),
+        torch.randn(features.n_items(features.target), args.dim, generator=generator),
+    )
     print(f"torch threads: {torch.get_num_threads()}; {args.users:,} users x {args.items:,} items, d={args.dim}, block {args.block_size}")
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"`python -m bench.eval_speed --users {args.users} --items {args.items} --dim {args.dim}`; {machine()}; "
         f"torch threads {torch.get_num_threads()}. `evaluate_model` of a random two-tower model, every user warm with "
-        f"{args.held_out_per_user} held-out items, K in 10, 20, 50; best and median of {args.repeats} runs.", "",
+        f"{args.held_out_per_user} held-out items, K in 10, 20, 50; best and median of {args.repeats} runs.",
+        "",
         "| protocol | users | items | wall best (s) | wall median (s) | CPU median (s) | goal < 10 s (full) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -84,8 +88,10 @@ def main(argv: list[str] | None = None) -> None:
             f"({result['all']['users']:,} metric rows; ndcg@10 {result['all']['ndcg@10']:.4f})"
         )
         goal = ("met" if min(seconds) < GOAL_SECONDS else "NOT met") if protocol == "full" else ""
-        lines.append(f"| {protocol} | {args.users:,} | {args.items:,} | {min(seconds):.2f} | {np.median(seconds):.2f} | "
-                     f"{np.median(cpu_seconds):.2f} | {goal} |")
+        lines.append(
+            f"| {protocol} | {args.users:,} | {args.items:,} | {min(seconds):.2f} | {np.median(seconds):.2f} | "
+            f"{np.median(cpu_seconds):.2f} | {goal} |"
+        )
     if args.write_docs:
         write_section(SECTION, "\n".join(lines) + "\n")
 

@@ -30,9 +30,9 @@ def main() -> None:
     datasets = {
         "amazon cloth->sport": lambda: load_pairs(args.data / "amazon-cloth-sport", "cloth", "sport").valid,
         "amazon sport->cloth": lambda: load_pairs(args.data / "amazon-cloth-sport", "sport", "cloth").valid,
-        "ml-1m Comedy,Romance,Drama -> Sci-Fi,Action,Thriller": lambda: load_recbole(
-            args.data / "movielens-1m", ["Comedy", "Romance", "Drama"], ["Sci-Fi", "Action", "Thriller"]
-        ).valid,
+        "ml-1m Comedy,Romance,Drama -> Sci-Fi,Action,Thriller": lambda: (
+            load_recbole(args.data / "movielens-1m", ["Comedy", "Romance", "Drama"], ["Sci-Fi", "Action", "Thriller"]).valid
+        ),
     }
     print("| dataset | alpha | segment | validation NDCG@10 |\n|---|---|---|---|")
     for name, load in datasets.items():

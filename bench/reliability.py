@@ -35,8 +35,11 @@ SECTION = "## Crash trials (kill -9, then rerun)"
 # Enough epochs (no early stop) that a kill after the first checkpoint lands mid-training:
 # an epoch of this tiny night takes about 15 ms.
 MODEL = {"name": "dann", "epochs": 40, "patience": 40, "dim": 16}
-JOB_ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "CROSSREC_SPARK__SHUFFLE_PARTITIONS": "2",
-           **{f"CROSSREC_MODEL__{key.upper()}": str(value) for key, value in MODEL.items()}}
+JOB_ENV = {
+    "SPARK_LOCAL_IP": "127.0.0.1",
+    "CROSSREC_SPARK__SHUFFLE_PARTITIONS": "2",
+    **{f"CROSSREC_MODEL__{key.upper()}": str(value) for key, value in MODEL.items()},
+}
 TRAIN_KILL_WINDOW_S = 0.3  # after the first checkpoint appears
 
 
@@ -56,7 +59,9 @@ def partition_digest(lake: Lake, stage: str, settings) -> str | None:
     if not lake.partition_path(table, ds=DS, **values).exists():
         return None
     rows = lake.read_parquet_partition(table, ds=DS, **values)
-    sortable = [name for name in rows.column_names if name not in ("weight", "score") and not pa.types.is_list(rows.schema.field(name).type)]
+    sortable = [
+        name for name in rows.column_names if name not in ("weight", "score") and not pa.types.is_list(rows.schema.field(name).type)
+    ]
     rows = rows.sort_by([(name, "ascending") for name in sortable])
     return hashlib.sha256(repr(rows.to_pydict()).encode()).hexdigest()
 
@@ -107,8 +112,13 @@ def run_killed(stage: str, night: Night, seed: int) -> Kill:
     """Start the job, kill -9 its whole process group at a random point of its run;
     return when, and whether the process was still running then."""
     rng = random.Random(seed)
-    process = subprocess.Popen(job(stage, night.lake.root, night.settings), env=night.env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        job(stage, night.lake.root, night.settings),
+        env=night.env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     started = time.perf_counter()
     if stage == "train":  # kill after a checkpoint exists, at a random point of a later epoch
         checkpoints = night.lake.root / "models" / "_checkpoints"
@@ -157,8 +167,12 @@ def trial(stage: str, seed: int, night: Night) -> dict:
     if stage == "train":  # a new model voids the gate decision kept beside the old one: gate it again
         subprocess.run(job("evaluate", night.lake.root, night.settings), env=night.env, check=True, capture_output=True)
     return {
-        "stage": stage, "seed": seed, "killed_after_s": kill.after_s, "kill_landed": kill.landed,
-        "reader_saw_only_complete": reader.seen == {night.baseline[stage]}, "reader_retries": reader.vanished,
+        "stage": stage,
+        "seed": seed,
+        "killed_after_s": kill.after_s,
+        "kill_landed": kill.landed,
+        "reader_saw_only_complete": reader.seen == {night.baseline[stage]},
+        "reader_retries": reader.vanished,
         "rerun_ok": rerun.returncode == 0,
         "rerun_equal": partition_digest(night.lake, stage, night.settings) == night.baseline[stage],
     }
@@ -177,13 +191,20 @@ def main(argv: list[str] | None = None) -> None:
             for seed in range(args.seeds):
                 results.append(trial(stage, seed, night))
                 print(json.dumps(results[-1]), flush=True)
-    lines = [SECTION, "", f"`python -m bench.reliability --seeds {args.seeds}`; {machine()}.", "",
-             "| stage | trials | killed mid-run | reader saw only complete partitions | rerun succeeded | rerun equal to uninterrupted run | reader retries (files swapped away mid-read) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        SECTION,
+        "",
+        f"`python -m bench.reliability --seeds {args.seeds}`; {machine()}.",
+        "",
+        "| stage | trials | killed mid-run | reader saw only complete partitions | rerun succeeded | rerun equal to uninterrupted run | reader retries (files swapped away mid-read) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for stage in args.stages.split(","):
         rows = [r for r in results if r["stage"] == stage]
-        lines.append(f"| {stage} | {len(rows)} | {sum(r['kill_landed'] for r in rows)} | {sum(r['reader_saw_only_complete'] for r in rows)} | "
-                     f"{sum(r['rerun_ok'] for r in rows)} | {sum(r['rerun_equal'] for r in rows)} | {sum(r['reader_retries'] for r in rows)} |")
+        lines.append(
+            f"| {stage} | {len(rows)} | {sum(r['kill_landed'] for r in rows)} | {sum(r['reader_saw_only_complete'] for r in rows)} | "
+            f"{sum(r['rerun_ok'] for r in rows)} | {sum(r['rerun_equal'] for r in rows)} | {sum(r['reader_retries'] for r in rows)} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write_docs:

@@ -34,7 +34,6 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -46,13 +45,13 @@ from bench.common import REPO, figure, save_figure, write_section
 
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from crossrec_core import ranking, scoring  # noqa: E402
-from crossrec_core.config import load_settings  # noqa: E402
-from crossrec_core.data import FeatureSet  # noqa: E402
-from crossrec_core.lake import Lake  # noqa: E402
-from crossrec_core.model_store import model_id, model_version  # noqa: E402
-from crossrec_core.models.base import build_model  # noqa: E402
-from crossrec_core.serving import publish_scores  # noqa: E402
+from crossrec_core import ranking, scoring
+from crossrec_core.config import load_settings
+from crossrec_core.data import FeatureSet
+from crossrec_core.lake import Lake
+from crossrec_core.model_store import model_id, model_version
+from crossrec_core.models.base import build_model
+from crossrec_core.serving import publish_scores
 
 SECTION = "## Scoring"
 GOAL_RATIO, GOAL_SECONDS = 0.6, 60.0
@@ -156,8 +155,10 @@ def measure_block(model, features: FeatureSet, k: int, block_size: int) -> dict:
 def end_to_end(model, features: FeatureSet, k: int, block_size: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="crossrec-score-bench-") as root:
         settings = load_settings(
-            lake=root, domains={"source": "src", "target": "tgt"},
-            model={"dim": model.settings.dim, "device": "cpu"}, score={"k": k, "block_size": block_size},
+            lake=root,
+            domains={"source": "src", "target": "tgt"},
+            model={"dim": model.settings.dim, "device": "cpu"},
+            score={"k": k, "block_size": block_size},
         )
         lake = Lake(root)
         started = time.perf_counter()
@@ -225,14 +226,12 @@ def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: in
         f"{best['ratio']:.2f} at block size {best['block_size']:,}, CPU-time ratio {best['cpu_ratio']:.2f}); "
         f"whole job <= {GOAL_SECONDS:.0f} s: {'met' if job_met else 'NOT met'} ({job['seconds']:.1f} s).",
         "",
-        "\"matmul + topk alone\": the matmul reference with each block's torch.topk(K + 1) added and nothing else, "
+        '"matmul + topk alone": the matmul reference with each block\'s torch.topk(K + 1) added and nothing else, '
         "the ceiling of any scorer that keeps torch.topk's exact selection.",
         "",
         plot(blocks),
     ]
     return "\n".join(lines) + "\n"
-
-
 
 
 @app.command()

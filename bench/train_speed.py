@@ -107,8 +107,6 @@ def table(results: list[dict], command: str, load_before: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 @app.command()
 def main(
     data: Annotated[Path, typer.Option(help="amazon-cloth-sport folder")] = REPO.parent / "shared" / "data" / "amazon-cloth-sport",
@@ -127,9 +125,27 @@ def main(
     results = []
     for model in models.split(","):
         run = subprocess.run(
-            [sys.executable, "-m", "bench.train_speed", "--child", model, "--data", str(data), "--epochs", str(epochs),
-             "--threads", str(threads), "--dim", str(dim), "--settings", settings],
-            capture_output=True, text=True, check=False, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "bench.train_speed",
+                "--child",
+                model,
+                "--data",
+                str(data),
+                "--epochs",
+                str(epochs),
+                "--threads",
+                str(threads),
+                "--dim",
+                str(dim),
+                "--settings",
+                settings,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
         )
         if run.returncode != 0:
             raise SystemExit(f"{model} failed:\n{run.stderr[-3000:]}")

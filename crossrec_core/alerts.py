@@ -101,9 +101,7 @@ def record(lake: Lake, alert: Alert, webhook_outcome: str) -> None:
     )
     for attempt in range(20):  # two tasks of one night may fail at the same moment
         try:
-            write_deltalake(
-                str(lake.table_root(ALERTS)), data, mode="overwrite", predicate=predicate, partition_by=ALERTS.partition_names
-            )
+            write_deltalake(str(lake.table_root(ALERTS)), data, mode="overwrite", predicate=predicate, partition_by=ALERTS.partition_names)
             return
         except CommitFailedError:
             if attempt == 19:

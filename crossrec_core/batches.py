@@ -26,6 +26,7 @@ import torch
 from crossrec_core.data import FeatureSet
 from crossrec_core.errors import MissingDataError
 
+
 def batch_key(field: str, domain: str) -> str:
     return f"{field}:{domain}"
 
@@ -149,10 +150,7 @@ class InteractionBatches:
 
     def epoch(self, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
         steps = self.steps_per_epoch
-        orders = {
-            domain: torch.randperm(e.size, generator=generator, device=e.users.device)
-            for domain, e in self.examples.items()
-        }
+        orders = {domain: torch.randperm(e.size, generator=generator, device=e.users.device) for domain, e in self.examples.items()}
         chunk = {domain: math.ceil(e.size / steps) for domain, e in self.examples.items()}
         for step in range(steps):
             batch: dict[str, torch.Tensor] = {}
@@ -181,7 +179,9 @@ def padded_histories(matrix: sp.csr_matrix, length: int, recency: sp.csr_matrix 
         recency = recency.tocsr(copy=True)
         recency.sum_duplicates()
         if recency.shape != matrix.shape or recency.nnz != matrix.nnz or not np.array_equal(recency.indices, matrix.indices):
-            raise ValueError(f"recency {recency.shape} with {recency.nnz} entries does not match the interactions {matrix.shape}, {matrix.nnz}")
+            raise ValueError(
+                f"recency {recency.shape} with {recency.nnz} entries does not match the interactions {matrix.shape}, {matrix.nnz}"
+            )
         rank_by = recency.data
     order = np.lexsort((-rank_by, rows))  # by user, first kept first
     rows, columns, values = rows[order], columns[order], values[order]

@@ -113,7 +113,9 @@ class ModelSettings(_Section):
     source_weight: float = Field(ge=0, description="lambda in L = L_target + lambda * L_source")
     history_length: int = Field(ge=1)
     negatives: int = Field(default=16, ge=1, description="sampled negatives per training interaction (sampled softmax)")
-    cross_negatives: int = Field(ge=1, description="negatives shared by a batch in dann/mmd's cross-domain term (source history -> target items)")
+    cross_negatives: int = Field(
+        ge=1, description="negatives shared by a batch in dann/mmd's cross-domain term (source history -> target items)"
+    )
     knn_popularity_exponent: float = Field(ge=0)
     linear_l2: list[float] = Field(min_length=1, description="ease_cross: ridge penalties tried; the best on validation is kept")
     linear_keep: int = Field(ge=1, description="ease_cross: weights kept per target item (largest magnitude)")
@@ -203,7 +205,9 @@ class Settings(BaseSettings):
     earliest_valid_ts: datetime
     future_tolerance_hours: float = Field(ge=0)
     ds_range: DsRange
-    fail_on_empty_delivery: bool = Field(description="clean fails when a raw partition's files hold no rows (else: a warning in the run report)")
+    fail_on_empty_delivery: bool = Field(
+        description="clean fails when a raw partition's files hold no rows (else: a warning in the run report)"
+    )
     spark: SparkSettings
     model: ModelSettings
     score: ScoreSettings
@@ -214,10 +218,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_event_known(self) -> Settings:
         if self.default_event_type not in self.event_weights:
-            raise ValueError(
-                f"default_event_type {self.default_event_type!r} is not one of event_weights: "
-                f"{sorted(self.event_weights)}"
-            )
+            raise ValueError(f"default_event_type {self.default_event_type!r} is not one of event_weights: {sorted(self.event_weights)}")
         return self
 
     @classmethod

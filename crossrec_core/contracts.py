@@ -189,8 +189,8 @@ QUARANTINE = Table(
     path="clean/quarantine",
     format=TableFormat.PARQUET,
     partition_by=(_DOMAIN, _DS),
-    columns=tuple(Column(n, ColumnType.STRING, nullable=True) for n in RAW_COLUMNS)
-    + (
+    columns=(
+        *tuple(Column(n, ColumnType.STRING, nullable=True) for n in RAW_COLUMNS),
         Column("reason", ColumnType.STRING, doc="a QuarantineReason value"),
         Column("source_file", ColumnType.STRING),
         Column("source_row", ColumnType.INT64, nullable=True, doc="1-based row in the file where known"),
@@ -267,7 +267,8 @@ RECOMMENDATIONS = Table(
         Column("model_version", ColumnType.STRING, doc="model id: models/ds=DS/model=ID holds its card"),
         Column("segment", ColumnType.STRING, doc="a Segment value"),
         Column(
-            "because", ColumnType.STRING_LIST,
+            "because",
+            ColumnType.STRING_LIST,
             doc="up to 3 source item ids that contributed most to the score (item-to-item models; else empty)",
         ),
     ),
@@ -342,4 +343,19 @@ HOLDOUT = Table(
     doc="an imported dataset's held-out interactions (cold-start users of the domain)",
 )
 
-TABLES = {t.name: t for t in (RAW, CLEAN_INTERACTIONS, QUARANTINE, USER_KEYS, ITEM_KEYS, FEATURE_INTERACTIONS, RECOMMENDATIONS, SCORES, RUN_REPORTS, ALERTS, HOLDOUT)}
+TABLES = {
+    t.name: t
+    for t in (
+        RAW,
+        CLEAN_INTERACTIONS,
+        QUARANTINE,
+        USER_KEYS,
+        ITEM_KEYS,
+        FEATURE_INTERACTIONS,
+        RECOMMENDATIONS,
+        SCORES,
+        RUN_REPORTS,
+        ALERTS,
+        HOLDOUT,
+    )
+}

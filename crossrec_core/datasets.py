@@ -135,9 +135,7 @@ def disjoint_validation(ids: np.ndarray) -> np.ndarray:
     return (z & np.uint64(1)) == 0
 
 
-def load_pairs(
-    directory: str | Path, source: str, target: str, split: PairSplit = "cdrib", common_users: int | None = None
-) -> Splits:
+def load_pairs(directory: str | Path, source: str, target: str, split: PairSplit = "cdrib", common_users: int | None = None) -> Splits:
     """The CDRIB pair ``<source>_<target>`` / ``<target>_<source>`` under ``directory``.
 
     Train = both folders' ``train.txt``; only user numbers below ``common_users`` (C,
@@ -177,7 +175,9 @@ def load_pairs(
     common = np.unique(every[every < common_users])
     own = {d: np.unique(np.concatenate([v[v >= common_users] for (dd, _), v in numbers.items() if dd == d])) for d in (source, target)}
     offsets = {source: common.size, target: common.size + own[source].size}
-    user_ids = np.concatenate([pair_user_ids(common, source, common_users)] + [pair_user_ids(own[d], d, common_users) for d in (source, target)])
+    user_ids = np.concatenate(
+        [pair_user_ids(common, source, common_users)] + [pair_user_ids(own[d], d, common_users) for d in (source, target)]
+    )
     n_items = {domain: int(max(v.max(initial=-1) for (d, _), v in items.items() if d == domain)) + 1 for domain in (source, target)}
 
     def matrix(domain: str, name: str, rows: np.ndarray | None = None) -> sp.csr_matrix:
@@ -209,15 +209,30 @@ def load_pairs(
             _binary(sum(matrix(target, name, halves[part][name]) for name in HOLDOUT_SPLITS)) for part in ("valid", "test")
         )
         known = None
-    common = {"source": source, "target": target, "user_ids": user_ids, "item_ids": {d: np.arange(n).astype(str).astype(object) for d, n in n_items.items()}, "train": train}
+    common = {
+        "source": source,
+        "target": target,
+        "user_ids": user_ids,
+        "item_ids": {d: np.arange(n).astype(str).astype(object) for d, n in n_items.items()},
+        "train": train,
+    }
     valid = FeatureSet(**common, holdout={Segment.COLD_START: valid_holdout})
     test = FeatureSet(**common, holdout={Segment.COLD_START: test_holdout}, known=known)
     overlapping = int(np.sum((np.diff(train[source].indptr) > 0) & warm))
     log.info(
         "loaded %s -> %s from %s (%s split, C=%d common users): %d users, %d active in both domains, %s train "
         "interactions, %d/%d valid/test cold-start users in %.1fs",
-        source, target, directory, split, common_users, len(user_ids), overlapping, {d: m.nnz for d, m in train.items()},
-        valid.holdout_users(Segment.COLD_START).size, test.holdout_users(Segment.COLD_START).size, time.perf_counter() - started,
+        source,
+        target,
+        directory,
+        split,
+        common_users,
+        len(user_ids),
+        overlapping,
+        {d: m.nnz for d, m in train.items()},
+        valid.holdout_users(Segment.COLD_START).size,
+        test.holdout_users(Segment.COLD_START).size,
+        time.perf_counter() - started,
     )
     return Splits(valid=valid, test=test)
 
@@ -268,7 +283,9 @@ def load_recbole(
       domain is not evaluated; later source ratings of a user are not cut).
     """
     if min_target_interactions < 3:
-        raise InputError(f"min_target_interactions must be >= 3 (one train, one validation, one test interaction), got {min_target_interactions}")
+        raise InputError(
+            f"min_target_interactions must be >= 3 (one train, one validation, one test interaction), got {min_target_interactions}"
+        )
     started = time.perf_counter()
     directory = Path(directory)
     inter_path, item_path = directory / f"{dataset}.inter", directory / f"{dataset}.item"
@@ -299,11 +316,11 @@ def load_recbole(
 
     rng = np.random.default_rng(seed)
     both = np.flatnonzero((counts > 0) & (np.diff(source_train.indptr) > 0))
-    cold = rng.permutation(both)[: int(round(cold_start_fraction * both.size))]
+    cold = rng.permutation(both)[: round(cold_start_fraction * both.size)]
     cold_split = np.zeros(n_users, dtype=np.int8)  # 0: not cold, 1: validation cold, 2: test cold
     cold_split[cold] = 1 + (np.arange(cold.size) % 2)
     held = np.where(counts >= min_target_interactions, np.maximum(1, np.round(warm_fraction * counts)).astype(np.int64), 0)
-    from_end = (counts[t_user] - position)  # 1 for the latest interaction
+    from_end = counts[t_user] - position  # 1 for the latest interaction
     is_cold = cold_split[t_user] > 0
     warm_test = ~is_cold & (from_end <= held[t_user])
     warm_valid = ~is_cold & ~warm_test & (from_end <= 2 * held[t_user])
@@ -336,7 +353,18 @@ def load_recbole(
     log.info(
         "loaded %s (%s -> %s) from %s: %d users, %d source items (%d ratings), %d target items (%d ratings), "
         "%d overlapping users, %d cold-start, %d warm held out, in %.1fs",
-        dataset, source, target, directory, n_users, len(item_ids[source]), int((~is_target).sum()), n_target,
-        int(is_target.sum()), both.size, cold.size, test.holdout_users(Segment.WARM).size, time.perf_counter() - started,
+        dataset,
+        source,
+        target,
+        directory,
+        n_users,
+        len(item_ids[source]),
+        int((~is_target).sum()),
+        n_target,
+        int(is_target.sum()),
+        both.size,
+        cold.size,
+        test.holdout_users(Segment.WARM).size,
+        time.perf_counter() - started,
     )
     return Splits(valid=valid, test=test)

@@ -33,18 +33,20 @@ class DemoError(LakeError):
 def airflow_environment(settings: Settings, airflow_home: Path) -> dict[str, str]:
     """The environment of every Airflow command of the demo: local, SQLite, low parallelism."""
     env = dict(os.environ)
-    env.update({
-        "AIRFLOW_HOME": str(airflow_home.resolve()),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__WORKERS": "1",
-        "CROSSREC_LAKE": str(Path(settings.lake).resolve()),
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        # spark-submit ships in this environment's bin/; SparkSubmitOperator looks for it on PATH
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(airflow_home.resolve()),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__WORKERS": "1",
+            "CROSSREC_LAKE": str(Path(settings.lake).resolve()),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            # spark-submit ships in this environment's bin/; SparkSubmitOperator looks for it on PATH
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     env.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": settings.spark.master}))
     return env
 
@@ -107,11 +109,12 @@ def start_ui(settings: Settings, airflow_home: Path) -> None:
     """``airflow standalone`` on 127.0.0.1:8080 (blocks until interrupted)."""
     env = airflow_environment(settings, airflow_home)
     run_logged(airflow("db", "migrate"), env, airflow_home / "demo-logs" / "db-migrate.log", "airflow db migrate")
-    print("Airflow UI: http://127.0.0.1:8080  (user admin; password in "
-          f"{airflow_home.resolve() / 'simple_auth_manager_passwords.json.generated'} once it starts)")
+    print(
+        "Airflow UI: http://127.0.0.1:8080  (user admin; password in "
+        f"{airflow_home.resolve() / 'simple_auth_manager_passwords.json.generated'} once it starts)"
+    )
     print("Stop with Ctrl-C.")
     subprocess.call(airflow("standalone"), env=env, cwd=REPO)
-
 
 
 def report_rows(reports) -> list[tuple[str, ...]]:
@@ -119,6 +122,15 @@ def report_rows(reports) -> list[tuple[str, ...]]:
     rows = []
     for r in reports.to_pylist():
         seconds = json.loads(r["metrics"] or "{}").get("seconds")
-        rows.append((r["stage"], r["domain"], r["status"], f"{r['rows_in']:,}", f"{r['rows_out']:,}",
-                     f"{r['rows_quarantined']:,}", f"{seconds:.1f}" if seconds is not None else ""))
+        rows.append(
+            (
+                r["stage"],
+                r["domain"],
+                r["status"],
+                f"{r['rows_in']:,}",
+                f"{r['rows_out']:,}",
+                f"{r['rows_quarantined']:,}",
+                f"{seconds:.1f}" if seconds is not None else "",
+            )
+        )
     return rows

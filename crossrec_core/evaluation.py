@@ -111,9 +111,7 @@ def _repeated_in_row(matrix: np.ndarray) -> np.ndarray:
     return repeated
 
 
-def sample_negatives(
-    features: FeatureSet, pair_users: np.ndarray, n_negatives: int, rng: np.random.Generator
-) -> np.ndarray:
+def sample_negatives(features: FeatureSet, pair_users: np.ndarray, n_negatives: int, rng: np.random.Generator) -> np.ndarray:
     """[len(pair_users), n_negatives] distinct target item keys per row that the row's user
     never interacted with (target train or any holdout), uniformly at random.
 
@@ -226,7 +224,10 @@ def evaluate_model(
                     continue
                 holdout = features.holdout[segment][users]
                 if protocol == "full":
-                    per_segment[Segment(segment).value] = (recommend_top_k(model, features, users, k, block_size, device, exclude_known), holdout)
+                    per_segment[Segment(segment).value] = (
+                        recommend_top_k(model, features, users, k, block_size, device, exclude_known),
+                        holdout,
+                    )
                 else:
                     per_segment[Segment(segment).value] = _sampled_ranking(
                         model, features, users, holdout, n_negatives, k, block_size, device, seed

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from crossrec_core.data import FeatureSet
 from crossrec_core.contracts import FEATURE_INTERACTIONS, ITEM_KEYS, USER_KEYS, ContractError, Segment, Split
+from crossrec_core.data import FeatureSet
 from crossrec_core.lake import Lake
 
 MANIFEST = "_manifest.json"  # featurize writes it beside the sub-tables: window and days read

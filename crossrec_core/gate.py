@@ -131,8 +131,15 @@ def report_stage(settings: Settings, ds: str) -> StageReport:
         for row in rows:
             log.info(
                 "ds=%s %-9s %-8s %-7s rows_in=%d rows_out=%d quarantined=%d %ss %s",
-                ds, row["stage"], row["domain"], row["status"], row["rows_in"], row["rows_out"],
-                row["rows_quarantined"], row["seconds"], row["note"],
+                ds,
+                row["stage"],
+                row["domain"],
+                row["status"],
+                row["rows_in"],
+                row["rows_out"],
+                row["rows_quarantined"],
+                row["seconds"],
+                row["note"],
             )
         report.rows_in = len(rows)
         reported = {(r["stage"], r["domain"]) for r in rows}

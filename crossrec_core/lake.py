@@ -221,9 +221,7 @@ class Lake:
 
     def read_parquet_partition(self, table: Table, columns: list[str] | None = None, **values: str) -> pa.Table:
         path = self.require_partition(table, **values)
-        return pads.dataset(path, format="parquet", schema=table.arrow_schema(), exclude_invalid_files=False).to_table(
-            columns=columns
-        )
+        return pads.dataset(path, format="parquet", schema=table.arrow_schema(), exclude_invalid_files=False).to_table(columns=columns)
 
     def parquet_partitions(self, table: Table, **fixed: str) -> list[dict[str, str]]:
         """The partitions present, as dicts of partition values, sorted."""
@@ -240,7 +238,7 @@ class Lake:
                 return
             for child in sorted(path.iterdir()):
                 if child.is_dir() and child.name.startswith(prefix) and not child.name.endswith(".previous"):
-                    value = child.name[len(prefix):]
+                    value = child.name[len(prefix) :]
                     if fixed.get(names[depth], value) == value:
                         walk(child, depth + 1, {**acc, names[depth]: value})
 
@@ -293,9 +291,7 @@ class Lake:
                     raise LakeError(f"cannot create Delta table {root}: {err}") from err
         return DeltaTable(str(root))
 
-    def commit_delta_partition(
-        self, table: Table, files: list[Path], metrics: dict[str, Any] | None = None, **values: str
-    ) -> int:
+    def commit_delta_partition(self, table: Table, files: list[Path], metrics: dict[str, Any] | None = None, **values: str) -> int:
         """Move Parquet ``files`` into the table and commit them in ONE transaction that
         replaces the partition ``values``. Returns the new table version.
 
@@ -381,6 +377,4 @@ class Lake:
         uris = self.delta_file_uris(table, version)
         if not uris:
             return spark.createDataFrame([], table.spark_schema(with_partitions=True))
-        return spark.read.option("basePath", str(self.table_root(table))).schema(
-            table.spark_schema(with_partitions=True)
-        ).parquet(*uris)
+        return spark.read.option("basePath", str(self.table_root(table))).schema(table.spark_schema(with_partitions=True)).parquet(*uris)

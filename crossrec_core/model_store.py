@@ -112,9 +112,12 @@ def checkpoint_root(lake: Lake, ds: str) -> Path:
 def code_version() -> dict[str, str | None]:
     """The package version and, when run from a git checkout, the commit."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         sha = None
     return {"package": metadata.version("crossrec"), "git_sha": sha}

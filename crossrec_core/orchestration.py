@@ -19,6 +19,7 @@ This module is imported by the DAG file at parse time: keep its top-level import
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -64,16 +65,22 @@ def dag_params(settings: Settings) -> dict[str, Param]:
     domain_schema = {"type": "string", "pattern": DOMAIN_NAME_PATTERN.pattern}
     return {
         "ds": Param(
-            None, type=["null", "string"], pattern=DS_PATTERN.pattern, format="date",
+            None,
+            type=["null", "string"],
+            pattern=DS_PATTERN.pattern,
+            format="date",
             description="Night to run, YYYY-MM-DD; empty: the run's logical date (a run without one needs it).",
         ),
         "model": Param(
-            settings.model.name, enum=["auto", *MODEL_NAMES],
+            settings.model.name,
+            enum=["auto", *MODEL_NAMES],
             description="Model to train; 'auto' trains every configured candidate and keeps the best on target validation NDCG@10.",
         ),
         "k": Param(settings.score.k, type="integer", minimum=1, maximum=1000, description="Recommendations per user."),
         "retrain_from_scratch": Param(
-            False, type="boolean", description="Ignore the published model's weights (no warm start).",
+            False,
+            type="boolean",
+            description="Ignore the published model's weights (no warm start).",
         ),
         "source_domain": Param(settings.source, **domain_schema, description="Source (data-rich) domain name."),
         "target_domain": Param(settings.target, **domain_schema, description="Target (served) domain name."),
@@ -88,8 +95,7 @@ def resolve_ds(params: Mapping[str, Any] | None, dag_run: Any) -> str:
     logical_date = getattr(dag_run, "logical_date", None)
     if logical_date is None:
         raise AirflowFailException(
-            "this run has no logical date and no 'ds' param: trigger it with --conf '{\"ds\": \"YYYY-MM-DD\"}' "
-            "or with a logical date"
+            "this run has no logical date and no 'ds' param: trigger it with --conf '{\"ds\": \"YYYY-MM-DD\"}' or with a logical date"
         )
     return logical_date.astimezone(UTC).date().isoformat()
 
@@ -177,7 +183,12 @@ def start_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]
     environment = stage_environment(settings, stage)
     log.info("running %s%s", " ".join(command), "".join(f" ({k}={v})" for k, v in environment.items()))
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
         env={**os.environ, **environment},
     )
 
@@ -205,14 +216,10 @@ def stop_job(process: subprocess.Popen, grace_seconds: float = KILL_GRACE_SECOND
     except ProcessLookupError:
         return  # the job and everything it started are gone already
     log.warning("stopping the process group %d of %s", group, process.args[1] if len(process.args) > 1 else process.args)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGKILL)  # members that outlived the leader or ignored SIGTERM
-    except ProcessLookupError:
-        pass
     process.wait()
 
 
@@ -332,8 +339,13 @@ def gate(settings: Settings, context) -> bool:
 
     ds = resolve_ds(context["params"], context["dag_run"])
     decision = gate_decision(Lake(settings.lake), ds)
-    log.log(logging.INFO if decision["publish"] else logging.WARNING,
-            "gate for ds=%s: %s: %s", ds, "publish" if decision["publish"] else "KEEP THE SERVED MODEL", decision.get("reason"))
+    log.log(
+        logging.INFO if decision["publish"] else logging.WARNING,
+        "gate for ds=%s: %s: %s",
+        ds,
+        "publish" if decision["publish"] else "KEEP THE SERVED MODEL",
+        decision.get("reason"),
+    )
     if not decision["publish"]:
         _task_alert(settings, context, AlertKind.GATED, ds, f"the gate kept the served model: {decision.get('reason', '')}")
     return bool(decision["publish"])
@@ -367,17 +379,21 @@ def raise_alert(
     from crossrec_core.alerts import raise_alert as record_and_post
     from crossrec_core.lake import Lake
 
-    alert = Alert(
-        ds=ds, kind=kind, dag_id=dag_id, run_id=run_id, task_id=task_id, try_number=try_number, message=message
-    )
+    alert = Alert(ds=ds, kind=kind, dag_id=dag_id, run_id=run_id, task_id=task_id, try_number=try_number, message=message)
     return record_and_post(Lake(settings.lake), alert, alert_webhook(settings.orchestration.alerts_conn_id))
 
 
 def _task_alert(settings: Settings, context, kind, ds: str, message: str) -> str:
     task_instance, dag_run = context["ti"], context["dag_run"]
     return raise_alert(
-        settings, kind, ds, message, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-        task_id=task_instance.task_id, try_number=int(task_instance.try_number or 0),
+        settings,
+        kind,
+        ds,
+        message,
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        task_id=task_instance.task_id,
+        try_number=int(task_instance.try_number or 0),
     )
 
 
@@ -420,6 +436,10 @@ class AlertOnRunFailure:
         if reason == "task_failure":
             return
         raise_alert(
-            self.settings, AlertKind.RUN_FAILED, _alert_ds(context), f"the DAG run failed: {reason}",
-            dag_id=context["dag"].dag_id, run_id=context["run_id"],
+            self.settings,
+            AlertKind.RUN_FAILED,
+            _alert_ds(context),
+            f"the DAG run failed: {reason}",
+            dag_id=context["dag"].dag_id,
+            run_id=context["run_id"],
         )

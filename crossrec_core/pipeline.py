@@ -45,7 +45,9 @@ def parse_ds(value: str | date, ds_range: DsRange | None = None) -> str:
     except ValueError:
         raise InputError(f"ds {text!r} is not a calendar date") from None
     if ds_range is not None and not ds_range.earliest <= day <= ds_range.latest:
-        raise InputError(f"ds {text} is outside ds_range {ds_range.earliest} .. {ds_range.latest} (config keys ds_range.earliest, ds_range.latest)")
+        raise InputError(
+            f"ds {text} is outside ds_range {ds_range.earliest} .. {ds_range.latest} (config keys ds_range.earliest, ds_range.latest)"
+        )
     return text
 
 

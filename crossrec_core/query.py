@@ -78,10 +78,7 @@ def check_read_only(sql: str) -> None:
         if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
             raise QueryRefused("EXPLAIN is allowed for a single SELECT only")
     elif kind != duckdb.StatementType.SELECT:
-        raise QueryRefused(
-            f"{kind.name} statements are refused: the SQL interface is read-only "
-            "(SELECT, WITH, DESCRIBE, SHOW, EXPLAIN)"
-        )
+        raise QueryRefused(f"{kind.name} statements are refused: the SQL interface is read-only (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN)")
 
 
 def connect(lake: Lake, memory_limit: str) -> duckdb.DuckDBPyConnection:

@@ -40,7 +40,9 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     values, indices = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
     # More than k items score >= the k-th value iff the (k+1)-th equals it: then topk's pick
     # among the equal items is arbitrary and the lowest keys must be chosen.
-    boundary_tie = values[:, k] == values[:, k - 1] if values.shape[1] > k else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    boundary_tie = (
+        values[:, k] == values[:, k - 1] if values.shape[1] > k else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    )
     values, indices = values[:, :k], indices[:, :k].contiguous()
     kth = values[:, -1:]
     if boundary_tie.any():

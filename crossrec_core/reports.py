@@ -53,9 +53,7 @@ def _record(lake: Lake, report: StageReport, started_at: datetime, finished_at: 
         "rows_in": report.rows_in,
         "rows_out": report.rows_out,
         "rows_quarantined": report.rows_quarantined,
-        "metrics": json.dumps(
-            {"bytes_in": report.bytes_in, "bytes_out": report.bytes_out, **report.metrics}, default=str, sort_keys=True
-        ),
+        "metrics": json.dumps({"bytes_in": report.bytes_in, "bytes_out": report.bytes_out, **report.metrics}, default=str, sort_keys=True),
         "ds": report.ds,
     }
     data = RUN_REPORTS.validate(pa.Table.from_pylist([row]), with_partitions=True)
@@ -94,8 +92,16 @@ def stage_run(lake: Lake, stage: str, ds: str, domain: str = ALL_DOMAINS) -> Ite
         report.metrics["seconds"] = round(seconds, 3)
         log.info(
             "stage %s %s: ds=%s domain=%s read %d rows (%d bytes), wrote %d rows (%d bytes), quarantined %d, %.2f s",
-            stage, report.status, ds, domain, report.rows_in, report.bytes_in,
-            report.rows_out, report.bytes_out, report.rows_quarantined, seconds,
+            stage,
+            report.status,
+            ds,
+            domain,
+            report.rows_in,
+            report.bytes_in,
+            report.rows_out,
+            report.bytes_out,
+            report.rows_quarantined,
+            seconds,
         )
         _record(lake, report, started_at, datetime.now(UTC))
 

@@ -93,7 +93,9 @@ def run_users(features: FeatureSet, min_history: int) -> pa.Table:
 def _seen_matrix(seen: pa.Array, n_rows: int, n_items: int) -> sp.csr_matrix:
     """The CSR of a (possibly sliced) list<int64> column: offsets are the row pointers."""
     offsets = seen.offsets.to_numpy()
-    return sp.csr_matrix((np.ones(offsets[-1] - offsets[0], np.float32), seen.flatten().to_numpy(), offsets - offsets[0]), shape=(n_rows, n_items))
+    return sp.csr_matrix(
+        (np.ones(offsets[-1] - offsets[0], np.float32), seen.flatten().to_numpy(), offsets - offsets[0]), shape=(n_rows, n_items)
+    )
 
 
 @dataclass
@@ -128,15 +130,26 @@ class RunScorer:
                 f"the features of ds={features.ds} have {features.n_items(domain)}"
             )
         return cls(
-            domain, model, item_vectors, fallback, fallback_vectors,
-            pa.array(features.item_ids[domain], pa.string()), pa.array(features.item_ids[features.source], pa.string()),
-            model_version, settings.score.k, device,
+            domain,
+            model,
+            item_vectors,
+            fallback,
+            fallback_vectors,
+            pa.array(features.item_ids[domain], pa.string()),
+            pa.array(features.item_ids[features.source], pa.string()),
+            model_version,
+            settings.score.k,
+            device,
         )
 
     def to(self, device: torch.device) -> RunScorer:
         return replace(
-            self, model=self.model.to(device), item_vectors=self.item_vectors.to(device),
-            fallback=self.fallback.to(device), fallback_vectors=self.fallback_vectors.to(device), device=device,
+            self,
+            model=self.model.to(device),
+            item_vectors=self.item_vectors.to(device),
+            fallback=self.fallback.to(device),
+            fallback_vectors=self.fallback_vectors.to(device),
+            device=device,
         )
 
     def score(self, users: pa.RecordBatch) -> pa.RecordBatch:
@@ -151,13 +164,20 @@ class RunScorer:
         because = np.full((n, width, EXPLANATION_ITEMS), -1, dtype=np.int64)
         is_fallback = segments.to_numpy(zero_copy_only=False) == Segment.FALLBACK.value
         with torch.no_grad():
-            for model, vectors, chosen in ((self.model, self.item_vectors, ~is_fallback), (self.fallback, self.fallback_vectors, is_fallback)):
+            for model, vectors, chosen in (
+                (self.model, self.item_vectors, ~is_fallback),
+                (self.fallback, self.fallback_vectors, is_fallback),
+            ):
                 rows = np.flatnonzero(chosen)
                 if rows.size:
-                    items[rows], scores[rows] = block_top_k(model, vectors, self.domain, keys[rows], seen[rows], self.k, self.device, self.block)
+                    items[rows], scores[rows] = block_top_k(
+                        model, vectors, self.domain, keys[rows], seen[rows], self.k, self.device, self.block
+                    )
                     reasons = model.explain(
-                        self.domain, torch.as_tensor(keys[rows], device=self.device),
-                        torch.as_tensor(items[rows], device=self.device), EXPLANATION_ITEMS,
+                        self.domain,
+                        torch.as_tensor(keys[rows], device=self.device),
+                        torch.as_tensor(items[rows], device=self.device),
+                        EXPLANATION_ITEMS,
                     )
                     if reasons is not None:
                         because[rows] = reasons.cpu().numpy()
@@ -217,7 +237,9 @@ def _score_locally(scorer: RunScorer, users: pa.Table, block_size: int, out_dir:
             now = time.perf_counter()
             if now - last_report >= PROGRESS_SECONDS:
                 last_report = now
-                log.info("scored %d/%d users (%.0f%%), %.0f users/s", done, users.num_rows, 100 * done / users.num_rows, done / (now - started))
+                log.info(
+                    "scored %d/%d users (%.0f%%), %.0f users/s", done, users.num_rows, 100 * done / users.num_rows, done / (now - started)
+                )
         if buffered:
             writer.write_table(pa.Table.from_batches(buffered))
 
@@ -281,8 +303,15 @@ def score_to_partition(
     segments = dict(zip(*np.unique(users.column("segment").to_numpy(zero_copy_only=False), return_counts=True), strict=True))
     log.info(
         "scoring %d %s users (%s) against %d items with %s on %s, backend %s, k=%d, blocks of %d",
-        users.num_rows, features.target, ", ".join(f"{s}: {n}" for s, n in sorted(segments.items())),
-        features.n_items(features.target), model_version, device, score.backend, score.k, score.block_size,
+        users.num_rows,
+        features.target,
+        ", ".join(f"{s}: {n}" for s, n in sorted(segments.items())),
+        features.n_items(features.target),
+        model_version,
+        device,
+        score.backend,
+        score.k,
+        score.block_size,
     )
     with lake.replace_partition(SCORES, ds=ds, domain=features.target) as staged:
         if score.backend == "spark":
@@ -293,12 +322,23 @@ def score_to_partition(
     size, files = dir_size(live)
     rows = pads.dataset(live, format="parquet").count_rows()
     result = ScoreResult(
-        users=users.num_rows, rows=rows, bytes=size, files=files, seconds=time.perf_counter() - started,
-        segments={str(s): int(n) for s, n in segments.items()}, backend=score.backend,
+        users=users.num_rows,
+        rows=rows,
+        bytes=size,
+        files=files,
+        seconds=time.perf_counter() - started,
+        segments={str(s): int(n) for s, n in segments.items()},
+        backend=score.backend,
     )
     log.info(
         "scored %d users in %.2f s (%.0f users/s): %d rows, %d bytes in %d files at %s",
-        result.users, result.seconds, result.users_per_second, rows, size, files, live,
+        result.users,
+        result.seconds,
+        result.users_per_second,
+        rows,
+        size,
+        files,
+        live,
     )
     return result
 
@@ -322,7 +362,15 @@ def score_stage(settings: Settings, ds: str) -> StageReport:
         model, card = load_model(lake, version, features)
         features_bytes, _ = dir_size(lake.partition_path(USER_KEYS, ds=ds).parent)
         model_bytes, _ = dir_size(model_dir(lake, version))
-        log.info("read features ds=%s (%d users, %d bytes) and model %s (%s, %d bytes)", ds, features.n_users, features_bytes, version, card.get("name"), model_bytes)
+        log.info(
+            "read features ds=%s (%d users, %d bytes) and model %s (%s, %d bytes)",
+            ds,
+            features.n_users,
+            features_bytes,
+            version,
+            card.get("name"),
+            model_bytes,
+        )
         result = score_to_partition(lake, ds, features, model, version, settings)
         report.rows_in = result.users
         report.bytes_in = features_bytes + model_bytes

@@ -151,7 +151,13 @@ def publish_stage(settings: Settings, ds: str) -> StageReport:
         report.metrics.update({"table_version": published.table_version, "files": published.files, "domain": domain})
         log.info(
             "published %d rows (%d files, %d bytes) of ds=%s domain=%s as %s version %d",
-            published.rows, published.files, published.bytes, ds, domain, RECOMMENDATIONS.path, published.table_version,
+            published.rows,
+            published.files,
+            published.bytes,
+            ds,
+            domain,
+            RECOMMENDATIONS.path,
+            published.table_version,
         )
     return report
 
@@ -239,13 +245,15 @@ def served_lists(lake: Lake, domains: Iterable[str]) -> list[ServedList]:
         partition = [f for f in files if f["partition.domain"] == domain and f["partition.ds"] == ds]
         committed = datetime.fromtimestamp(max(f["modification_time"] for f in partition) / 1000, UTC)  # epoch ms
         served = latest_served(lake, domain) or {}
-        lists.append(ServedList(
-            domain=domain,
-            ds=ds,
-            rows=sum(f["num_records"] for f in partition),
-            model_version=served.get("model_version"),
-            published_at=committed,
-        ))
+        lists.append(
+            ServedList(
+                domain=domain,
+                ds=ds,
+                rows=sum(f["num_records"] for f in partition),
+                model_version=served.get("model_version"),
+                published_at=committed,
+            )
+        )
     return lists
 
 
@@ -281,9 +289,9 @@ def latest_served(lake: Lake, domain: str, before_ds: str | None = None) -> dict
     days = [d for d in current.days(domain=domain) if before_ds is None or d < before_ds]
     if not days:
         return None
-    rows = current.dataset.to_table(
-        columns=["model_version"], filter=(pc.field("ds") == days[-1]) & (pc.field("domain") == domain)
-    ).slice(0, 1)
+    rows = current.dataset.to_table(columns=["model_version"], filter=(pc.field("ds") == days[-1]) & (pc.field("domain") == domain)).slice(
+        0, 1
+    )
     return {"ds": days[-1], "model_version": rows["model_version"][0].as_py()} if rows.num_rows else None
 
 
@@ -468,7 +476,10 @@ def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResu
                 lake.delete_parquet_partition(MODEL_NIGHTS, **night)
     log.info(
         "vacuum (keep %d days%s): %d partitions, %d files removed",
-        keep_days, ", dry run" if dry_run else "", len(result.removed_partitions), len(result.removed_files),
+        keep_days,
+        ", dry run" if dry_run else "",
+        len(result.removed_partitions),
+        len(result.removed_files),
     )
     return result
 
@@ -504,4 +515,3 @@ def _remove_empty_parents(path: Path, stop: Path) -> None:
             parent.rmdir()  # only when empty
         except OSError:
             return
-

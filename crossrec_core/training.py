@@ -269,7 +269,13 @@ def _train(
         history.warm_started = warm_start(model, warm_start_from)
         log.info("%s: warm start, %d tensors copied", history.name, len(history.warm_started))
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("loss {task.fields[loss]:.4f}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+    )
     with Progress(*columns, disable=not progress) as bar:
         for epoch in range(len(history.epochs), settings.epochs):
             if history.stopped_early:
@@ -299,30 +305,41 @@ def _train(
             else:
                 bad_epochs += 1
             history.stopped_early = score is not None and bad_epochs >= settings.patience
-            history.epochs.append({
-                "epoch": epoch + 1,
-                "loss": float(total_loss) / batches.steps_per_epoch,
-                "validation": metrics,
-                "train_seconds": train_seconds,
-                "examples_per_second": batches.n_examples / train_seconds,
-            })
+            history.epochs.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": float(total_loss) / batches.steps_per_epoch,
+                    "validation": metrics,
+                    "train_seconds": train_seconds,
+                    "examples_per_second": batches.n_examples / train_seconds,
+                }
+            )
             log.info(
                 "%s epoch %d/%d: loss %.4f, validation %s %s, %.1f s (%.0f examples/s)",
-                history.name, epoch + 1, settings.epochs, history.epochs[-1]["loss"], VALIDATION_METRIC,
-                "n/a" if score is None else f"{score:.4f}", train_seconds, batches.n_examples / train_seconds,
+                history.name,
+                epoch + 1,
+                settings.epochs,
+                history.epochs[-1]["loss"],
+                VALIDATION_METRIC,
+                "n/a" if score is None else f"{score:.4f}",
+                train_seconds,
+                batches.n_examples / train_seconds,
             )
             if checkpoint:
-                _atomic_save({
-                    "fingerprint": fingerprint,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "best_state": best_state,
-                    "bad_epochs": bad_epochs,
-                    "history": asdict(history),
-                }, checkpoint)
+                _atomic_save(
+                    {
+                        "fingerprint": fingerprint,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "best_state": best_state,
+                        "bad_epochs": bad_epochs,
+                        "history": asdict(history),
+                    },
+                    checkpoint,
+                )
             if metrics_log:
                 _write_metrics_log(metrics_log, history)
     if best_state is not None:
@@ -371,7 +388,10 @@ def train_stage(settings: Settings, ds: str) -> StageReport:
         scores: dict[str, float | None] = {}
         for name in names:
             model, history = fit_model(
-                name, features, settings.model, checkpoint_dir=checkpoints / name,
+                name,
+                features,
+                settings.model,
+                checkpoint_dir=checkpoints / name,
                 warm_start_from=published.state if published and published.name == name else None,
                 metrics_log=checkpoints / name / "metrics.jsonl",
             )
@@ -397,13 +417,15 @@ def train_stage(settings: Settings, ds: str) -> StageReport:
         version = save_model(lake, ds, model, card)
         shutil.rmtree(checkpoints, ignore_errors=True)
         report.bytes_out, _ = dir_size(model_dir(lake, version))
-        report.metrics.update({
-            "model": model.name,
-            "model_version": version,
-            "validation": history.validation,
-            "candidates": scores,
-            "epochs": len(history.epochs),
-            "train_seconds": round(history.train_seconds, 3),
-            "examples_per_second": history.examples_per_second,
-        })
+        report.metrics.update(
+            {
+                "model": model.name,
+                "model_version": version,
+                "validation": history.validation,
+                "candidates": scores,
+                "epochs": len(history.epochs),
+                "train_seconds": round(history.train_seconds, 3),
+                "examples_per_second": history.examples_per_second,
+            }
+        )
     return report

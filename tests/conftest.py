@@ -131,7 +131,9 @@ def make_cross_domain_features(seed: int = 0, n_users: int = 120, n_clusters: in
         user_ids=np.array([f"u{i}" for i in range(n_users)], dtype=object),
         item_ids={d: np.array([f"{d}{i}" for i in range(n)], dtype=object) for d, n in n_items.items()},
         train={
-            "src": matrix(source_rows[keep_source], picks["src"].ravel()[keep_source], np.ones(keep_source.sum(), np.float32), n_items["src"]),
+            "src": matrix(
+                source_rows[keep_source], picks["src"].ravel()[keep_source], np.ones(keep_source.sum(), np.float32), n_items["src"]
+            ),
             "tgt": matrix(users[train_target], target_items[train_target], weights[train_target], n_items["tgt"]),
         },
         holdout={

@@ -28,11 +28,13 @@ def webhook_server():
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
-            received.append({
-                "path": self.path,
-                "headers": dict(self.headers),
-                "body": json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
-            })
+            received.append(
+                {
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                }
+            )
             self.send_response(204)
             self.end_headers()
 
@@ -48,18 +50,30 @@ def webhook_server():
 
 
 def alerts_via_sql(lake_root) -> list[dict]:
-    shown = CliRunner().invoke(app, [
-        "sql", "SELECT ds, kind, task_id, try_number, message, webhook FROM alerts ORDER BY raised_at", "--format", "json",
-        "--lake", str(lake_root),
-    ])
+    shown = CliRunner().invoke(
+        app,
+        [
+            "sql",
+            "SELECT ds, kind, task_id, try_number, message, webhook FROM alerts ORDER BY raised_at",
+            "--format",
+            "json",
+            "--lake",
+            str(lake_root),
+        ],
+    )
     assert shown.exit_code == 0, shown.output
     return json.loads(shown.stdout)
 
 
 def alert(**overrides) -> Alert:
     fields = {
-        "ds": "2026-01-05", "kind": AlertKind.TASK_FAILED, "dag_id": "crossrec_nightly", "run_id": "scheduled__2026-01-05",
-        "task_id": "train", "try_number": 3, "message": "train for ds=2026-01-05 exited with 137",
+        "ds": "2026-01-05",
+        "kind": AlertKind.TASK_FAILED,
+        "dag_id": "crossrec_nightly",
+        "run_id": "scheduled__2026-01-05",
+        "task_id": "train",
+        "try_number": 3,
+        "message": "train for ds=2026-01-05 exited with 137",
     }
     return Alert(**{**fields, **overrides})
 
@@ -74,10 +88,16 @@ def test_an_alert_is_posted_as_json_and_recorded_with_the_outcome(lake_root, lak
     assert post["path"] == "/hook" and post["headers"]["Authorization"] == "Bearer s3cret"
     assert post["body"]["kind"] == "task_failed" and post["body"]["task_id"] == "train" and post["body"]["ds"] == "2026-01-05"
     assert "exited with 137" in post["body"]["text"]
-    assert alerts_via_sql(lake_root) == [{
-        "ds": "2026-01-05", "kind": "task_failed", "task_id": "train", "try_number": 3,
-        "message": "train for ds=2026-01-05 exited with 137", "webhook": "posted",
-    }]
+    assert alerts_via_sql(lake_root) == [
+        {
+            "ds": "2026-01-05",
+            "kind": "task_failed",
+            "task_id": "train",
+            "try_number": 3,
+            "message": "train for ds=2026-01-05 exited with 137",
+            "webhook": "posted",
+        }
+    ]
 
 
 def test_without_a_webhook_or_with_a_dead_one_the_alert_is_still_recorded(lake_root, lake):
@@ -94,10 +114,19 @@ def test_the_webhook_comes_from_the_airflow_connection_and_is_optional(monkeypat
 
     monkeypatch.delenv("AIRFLOW_CONN_CROSSREC_ALERTS", raising=False)
     assert alert_webhook("crossrec_alerts") is None
-    monkeypatch.setenv("AIRFLOW_CONN_CROSSREC_ALERTS", json.dumps(
-        {"conn_type": "http", "host": "hooks.example.com", "schema": "https", "port": 8443, "password": "t0ken-value",
-         "extra": {"endpoint": "/services/T0/B0"}}
-    ))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CROSSREC_ALERTS",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "hooks.example.com",
+                "schema": "https",
+                "port": 8443,
+                "password": "t0ken-value",
+                "extra": {"endpoint": "/services/T0/B0"},
+            }
+        ),
+    )
     hook = alert_webhook("crossrec_alerts")
     assert hook.url == "https://hooks.example.com:8443/services/T0/B0"
     assert hook.headers == {"Authorization": "Bearer t0ken-value"}
@@ -105,9 +134,7 @@ def test_the_webhook_comes_from_the_airflow_connection_and_is_optional(monkeypat
 
 def airflow_context(ds: str, task_id: str) -> dict:
     """What a task's callbacks read from Airflow's task context."""
-    dag_run = SimpleNamespace(
-        dag_id="crossrec_nightly", run_id=f"manual__{ds}", logical_date=None, run_after=datetime.now(UTC)
-    )
+    dag_run = SimpleNamespace(dag_id="crossrec_nightly", run_id=f"manual__{ds}", logical_date=None, run_after=datetime.now(UTC))
     return {"params": {"ds": ds}, "dag_run": dag_run, "ti": SimpleNamespace(task_id=task_id, try_number=1)}
 
 
@@ -125,9 +152,12 @@ def test_failure_callbacks_record_task_and_run_failures_once(lake_root, settings
 
     rows = alerts_via_sql(lake_root)
     today = datetime.now(UTC).date().isoformat()  # a minimal context names no ds: filed under today
-    assert sorted((r["ds"], r["kind"], r["task_id"], r["message"]) for r in rows) == sorted([
-        ("2026-01-05", "task_failed", "featurize", "RuntimeError: executor lost"), (today, "run_failed", "", "the DAG run failed: timed_out"),
-    ])
+    assert sorted((r["ds"], r["kind"], r["task_id"], r["message"]) for r in rows) == sorted(
+        [
+            ("2026-01-05", "task_failed", "featurize", "RuntimeError: executor lost"),
+            (today, "run_failed", "", "the DAG run failed: timed_out"),
+        ]
+    )
     assert sorted(p["body"]["kind"] for p in received) == ["run_failed", "task_failed"]
 
 

@@ -108,10 +108,13 @@ def test_item_knn_cross_reuses_a_saved_model_with_a_newer_nights_histories(tiny_
             "tgt": np.arange(tiny_features.n_items("tgt") + 1).astype(str),
         },
         train={
-            domain: sp.vstack([
-                sp.hstack([matrix, sp.csr_matrix((matrix.shape[0], extra))]),
-                sp.csr_matrix(np.ones((extra_users, matrix.shape[1] + extra), np.float32)),
-            ], format="csr")
+            domain: sp.vstack(
+                [
+                    sp.hstack([matrix, sp.csr_matrix((matrix.shape[0], extra))]),
+                    sp.csr_matrix(np.ones((extra_users, matrix.shape[1] + extra), np.float32)),
+                ],
+                format="csr",
+            )
             for domain, matrix, extra in (("src", tiny_features.train["src"], extra_source_items), ("tgt", tiny_features.train["tgt"], 1))
         },
     )
@@ -148,8 +151,7 @@ def test_item_knn_cross_beats_popularity_on_real_cold_start_users(shared_data):
         holdout={Segment.COLD_START: full.holdout[Segment.COLD_START][users]},
     )
     ndcg = {
-        cls.name: evaluate_model(fitted(cls, features), features, ks=(10,))["cold_start"]["ndcg@10"]
-        for cls in (Popularity, ItemKnnCross)
+        cls.name: evaluate_model(fitted(cls, features), features, ks=(10,))["cold_start"]["ndcg@10"] for cls in (Popularity, ItemKnnCross)
     }
     assert ndcg["item_knn_cross"] > 0.05
     assert ndcg["item_knn_cross"] > 5 * ndcg["popularity"]

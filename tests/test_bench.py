@@ -23,7 +23,11 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
     env = {**os.environ, "CROSSREC_BENCH_DOCS": str(page), "SPARK_LOCAL_IP": "127.0.0.1"}
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--only", "etl,score_speed,eval_speed"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     text = page.read_text()
@@ -34,6 +38,7 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
     for plot in ("etl_scaling", "scoring"):  # each drawn beside the page and shown in it
         assert f"![{plot}](bench/{plot}.png)" in text and (tmp_path / "bench" / f"{plot}.png").stat().st_size > 1000
 
-    again = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "eval_speed"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--only", "eval_speed"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0 and page.read_text().count("## Evaluation speed\n") == 1  # replaced, not appended

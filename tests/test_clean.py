@@ -92,9 +92,7 @@ EXPECTED_QUARANTINE = {
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, spark):
     """One partition with every kind of bad row, three formats, empty files, duplicates."""
-    settings = load_settings(
-        lake=tmp_path_factory.mktemp("clean") / "lake", quarantine_threshold=1.0, spark={"shuffle_partitions": 2}
-    )
+    settings = load_settings(lake=tmp_path_factory.mktemp("clean") / "lake", quarantine_threshold=1.0, spark={"shuffle_partitions": 2})
     lake = Lake(settings.lake)
     land(lake, "events.csv", "\n".join(CSV_ROWS) + "\n")
     land(lake, "more.jsonl.gz", "\n".join(JSON_ROWS) + "\n")
@@ -278,7 +276,11 @@ def test_job_entrypoint_exits_2_naming_the_missing_partition(lake):
     retry), found before a JVM is started."""
     job = subprocess.run(
         [sys.executable, "jobs/clean.py", "--ds", DS, "--domain", "books", "--lake", str(lake.root)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
     )
     assert job.returncode == 2, job.stderr[-2000:]
     assert f"raw/domain=books/ds={DS} does not exist" in job.stderr

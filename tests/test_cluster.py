@@ -79,8 +79,18 @@ def cluster(tmp_path_factory):
     commands = {
         "master": ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(master_ui)],
         "worker": [
-            "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--webui-port", str(worker_ui),
-            "--cores", str(WORKER_CORES), "--memory", "1g", "--work-dir", str(home / "work"),
+            "org.apache.spark.deploy.worker.Worker",
+            url,
+            "--host",
+            "127.0.0.1",
+            "--webui-port",
+            str(worker_ui),
+            "--cores",
+            str(WORKER_CORES),
+            "--memory",
+            "1g",
+            "--work-dir",
+            str(home / "work"),
         ],
     }
     processes: dict[str, subprocess.Popen] = {}
@@ -90,7 +100,11 @@ def cluster(tmp_path_factory):
         for name, arguments in commands.items():
             with logs[name].open("w") as log:
                 processes[name] = subprocess.Popen(
-                    [str(spark_class), *arguments], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    [str(spark_class), *arguments],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
@@ -188,7 +202,11 @@ def test_clean_featurize_and_spark_scoring_on_a_standalone_cluster_equal_local(c
         order = ["source_file", "source_row", "reason"]
         got = lake_relative(rows(cluster_lake, QUARANTINE, order, **keys))
         assert got.num_rows > 0 and got.equals(lake_relative(rows(local_lake, QUARANTINE, order, **keys))), domain
-    for table, order in ((USER_KEYS, ["user_id"]), (ITEM_KEYS, ["domain", "item_id"]), (FEATURE_INTERACTIONS, ["domain", "user_key", "item_key"])):
+    for table, order in (
+        (USER_KEYS, ["user_id"]),
+        (ITEM_KEYS, ["domain", "item_id"]),
+        (FEATURE_INTERACTIONS, ["domain", "user_key", "item_key"]),
+    ):
         want, got = rows(local_lake, table, order, ds=DS), rows(cluster_lake, table, order, ds=DS)
         assert got.num_rows > 0 and got.equals(want), table.name
     order = ["user_id", "rank"]
@@ -207,7 +225,8 @@ def test_driver_address_and_shuffle_partitions_come_from_settings():
     assert driver_address_conf(spark, "spark://master:7077") == {}  # Spark's default: the host's address
     container = load_settings(spark={"driver_host": "airflow-worker", "bind_address": "0.0.0.0"}).spark
     assert driver_address_conf(container, "spark://master:7077") == {
-        "spark.driver.host": "airflow-worker", "spark.driver.bindAddress": "0.0.0.0",
+        "spark.driver.host": "airflow-worker",
+        "spark.driver.bindAddress": "0.0.0.0",
     }
     stage = orchestration.spark_stage(load_settings(), "clean", domain="books", task_id="clean_target")
     assert "SPARK_LOCAL_IP" not in stage.env_vars

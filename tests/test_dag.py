@@ -78,7 +78,7 @@ def test_params_reject_an_unknown_model_and_out_of_range_k(dag):
     params.validate()
     for name, bad in (("model", "deepfm"), ("k", 0), ("k", 5000), ("source_domain", "../etc"), ("retrain_from_scratch", "yes")):
         trial = ParamsDict({**{k: params.get_param(k) for k in params}})
-        with pytest.raises(Exception, match="Invalid input|is not"):
+        with pytest.raises(Exception, match=r"Invalid input|is not"):
             trial[name] = bad
             trial.validate()
     model_param = params.get_param("model")
@@ -106,8 +106,19 @@ def test_stage_arguments_carry_the_run_params():
     settings = load_settings(lake="/data/lake")
     params = {"source_domain": "movies", "target_domain": "books", "model": "dann", "k": 20, "retrain_from_scratch": True}
     assert stage_arguments(settings, "train", "2026-01-02", params) == [
-        "--ds", "2026-01-02", "--lake", "/data/lake", "--source", "movies", "--target", "books",
-        "--model", "dann", "-k", "20", "--retrain",
+        "--ds",
+        "2026-01-02",
+        "--lake",
+        "/data/lake",
+        "--source",
+        "movies",
+        "--target",
+        "books",
+        "--model",
+        "dann",
+        "-k",
+        "20",
+        "--retrain",
     ]
     assert stage_arguments(settings, "clean", "2026-01-02", params, domain="books")[-2:] == ["--domain", "books"]
 
@@ -202,7 +213,7 @@ def test_every_task_has_its_configured_time_limit_and_the_run_one(monkeypatch):
 def test_timeouts_must_cover_every_task_and_outlast_the_raw_wait():
     from crossrec_core.config import ConfigError, load_settings
 
-    with pytest.raises(ConfigError, match="stage_timeout_minutes.trian"):
+    with pytest.raises(ConfigError, match=r"stage_timeout_minutes\.trian"):
         load_settings(orchestration={"stage_timeout_minutes": {"trian": 5}})
     with pytest.raises(ConfigError, match="must exceed raw_wait_minutes"):
         load_settings(orchestration={"dagrun_timeout_minutes": 60, "raw_wait_minutes": 360})
@@ -234,7 +245,7 @@ def test_the_ds_param_accepts_only_a_calendar_date(dag):
     params = dag.params
     for bad in ("2026-13-01", "20261105", "2026-W45-1", "2026-02-30", "yesterday"):
         trial = ParamsDict({k: params.get_param(k) for k in params})
-        with pytest.raises(Exception, match="Invalid input|is not"):
+        with pytest.raises(Exception, match=r"Invalid input|is not"):
             trial["ds"] = bad
             trial.validate()
     trial = ParamsDict({k: params.get_param(k) for k in params})

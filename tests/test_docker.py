@@ -79,7 +79,9 @@ def test_no_secret_is_committed(compose):
             assert not re.search(r"://[^/@]*:[^/@]+@", literal), f"{name}.{key} embeds a password"
     assert "replace-me" not in text
     example = (DOCKER / ".env.example").read_text()
-    assert all(line.split("=", 1)[1] in ("replace-me", "airflow") for line in example.splitlines() if "=" in line and not line.startswith("#"))
+    assert all(
+        line.split("=", 1)[1] in ("replace-me", "airflow") for line in example.splitlines() if "=" in line and not line.startswith("#")
+    )
     ignored = subprocess.run(["git", "check-ignore", "docker/.env"], cwd=REPO, capture_output=True, text=True)
     assert ignored.returncode == 0, "docker/.env must be git-ignored"
     assert "docker/.env" in (REPO / ".dockerignore").read_text().splitlines()

@@ -14,9 +14,9 @@ from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
 from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.evaluation import evaluate_model, recommend_top_k, sample_negatives
-from crossrec_core.ranking import top_k
 from crossrec_core.metrics import PAD
 from crossrec_core.models.base import Recommender
+from crossrec_core.ranking import top_k
 
 N_USERS, N_ITEMS, N_SOURCE_ITEMS = 37, 23, 11
 
@@ -154,7 +154,9 @@ def test_sampled_protocol_equals_brute_force_ranks():
     model = FixedVectors(features, 5)
     scores = (model.users @ model.items.T).numpy()
     n_negatives, k, seed = 6, 3, 11
-    result = evaluate_model(model, features, segments=(Segment.COLD_START,), ks=(k,), protocol="sampled", n_negatives=n_negatives, seed=seed)
+    result = evaluate_model(
+        model, features, segments=(Segment.COLD_START,), ks=(k,), protocol="sampled", n_negatives=n_negatives, seed=seed
+    )
     holdout = features.holdout[Segment.COLD_START][features.holdout_users(Segment.COLD_START)]
     users = features.holdout_users(Segment.COLD_START)
     pair_users = users[np.repeat(np.arange(len(users)), np.diff(holdout.indptr))]
@@ -293,9 +295,29 @@ def test_crossrec_eval_pairs_writes_results_table_and_chart(tiny_features, tmp_p
 
     write_pairs(tmp_path / "data", tiny_features)
     out = tmp_path / "out"
-    args = ["eval", "pairs", str(tmp_path / "data"), "--source", "src", "--target", "tgt", "--models", "popularity,item_knn_cross",
-            "--seeds", "2", "--negatives", "5", "--ks", "5,10", "--out", str(out), "--split", "cdrib",
-            "--common-users", str(tiny_features.n_users)]
+    args = [
+        "eval",
+        "pairs",
+        str(tmp_path / "data"),
+        "--source",
+        "src",
+        "--target",
+        "tgt",
+        "--models",
+        "popularity,item_knn_cross",
+        "--seeds",
+        "2",
+        "--negatives",
+        "5",
+        "--ks",
+        "5,10",
+        "--out",
+        str(out),
+        "--split",
+        "cdrib",
+        "--common-users",
+        str(tiny_features.n_users),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "cdrib" / "results.json").read_text())

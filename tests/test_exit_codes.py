@@ -17,7 +17,7 @@ from test_serving import USERS, publish_night, scores_table
 
 from crossrec_core.cli import run
 from crossrec_core.config import ConfigError
-from crossrec_core.contracts import ContractError, SCORES
+from crossrec_core.contracts import SCORES, ContractError
 from crossrec_core.errors import EXPECTED_FAILURE_EXIT, CrossrecError
 from crossrec_core.jobs_main import main as job_main
 from crossrec_core.lake import Lake, LakeError
@@ -70,7 +70,9 @@ def test_a_bad_argument_exits_2_with_one_line(served_lake, capsys, argv, named):
 
 
 def test_missing_data_exits_2_with_one_line(tmp_path, capsys):
-    code, stderr = run_cli(["eval", "pairs", str(tmp_path / "nowhere"), "--source", "a", "--target", "b", "--out", str(tmp_path / "out")], capsys)
+    code, stderr = run_cli(
+        ["eval", "pairs", str(tmp_path / "nowhere"), "--source", "a", "--target", "b", "--out", str(tmp_path / "out")], capsys
+    )
     assert code == EXPECTED_FAILURE_EXIT
     assert len(stderr.strip().splitlines()) == 1 and "nowhere/a_b" in stderr and "does not exist" in stderr
 
@@ -82,8 +84,12 @@ def test_recs_of_an_unknown_user_exits_1_as_its_help_says(served_lake, capsys):
 
 
 def test_the_installed_command_keeps_the_exit_codes(served_lake):
-    unknown = subprocess.run([str(CROSSREC), "recs", "nobody", "--domain", "tgt", "--lake", str(served_lake.root)], capture_output=True, text=True, timeout=120)
-    bad_k = subprocess.run([str(CROSSREC), "recs", "u1", "-k", "0", "--lake", str(served_lake.root)], capture_output=True, text=True, timeout=120)
+    unknown = subprocess.run(
+        [str(CROSSREC), "recs", "nobody", "--domain", "tgt", "--lake", str(served_lake.root)], capture_output=True, text=True, timeout=120
+    )
+    bad_k = subprocess.run(
+        [str(CROSSREC), "recs", "u1", "-k", "0", "--lake", str(served_lake.root)], capture_output=True, text=True, timeout=120
+    )
     assert unknown.returncode == 1
     assert bad_k.returncode == 2 and len(bad_k.stderr.strip().splitlines()) == 1 and "Traceback" not in bad_k.stderr
 
@@ -110,9 +116,21 @@ def test_a_job_exits_2_on_a_crossrec_error_and_keeps_other_errors(lake, capsys):
 def test_a_job_process_exits_1_with_a_traceback_on_other_errors(lake):
     corrupt_scores(lake, "2026-01-07")
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "jobs" / "publish.py"), "--ds", "2026-01-07", "--lake", str(lake.root),
-         "--source", "src", "--target", "tgt"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO_ROOT / "jobs" / "publish.py"),
+            "--ds",
+            "2026-01-07",
+            "--lake",
+            str(lake.root),
+            "--source",
+            "src",
+            "--target",
+            "tgt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "ArrowInvalid" in done.stderr
@@ -121,6 +139,7 @@ def test_a_job_process_exits_1_with_a_traceback_on_other_errors(lake):
 @pytest.fixture
 def fake_spark_submit(tmp_path, monkeypatch):
     """Puts a ``spark-submit`` that exits with a given code first on PATH."""
+
     def install(exit_code: int) -> None:
         binary = tmp_path / "bin" / "spark-submit"
         binary.parent.mkdir(exist_ok=True)

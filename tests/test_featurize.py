@@ -36,10 +36,16 @@ def land_clean(lake: Lake, domain: str, ds: str, events: list[tuple[str, str, in
 
 
 BOOKS_D1 = [
-    ("a", "b1", 10, 1.0), ("a", "b2", 11, 1.0),
-    ("b", "b1", 9, 1.0), ("b", "b3", 12, 1.0),
-    ("c", "b2", 9, 1.0), ("d", "b3", 9, 1.0),
-    ("e", "b1", 8, 1.0), ("e", "b2", 9, 1.0), ("e", "b3", 10, 1.0), ("e", "b4", 11, 1.0),
+    ("a", "b1", 10, 1.0),
+    ("a", "b2", 11, 1.0),
+    ("b", "b1", 9, 1.0),
+    ("b", "b3", 12, 1.0),
+    ("c", "b2", 9, 1.0),
+    ("d", "b3", 9, 1.0),
+    ("e", "b1", 8, 1.0),
+    ("e", "b2", 9, 1.0),
+    ("e", "b3", 10, 1.0),
+    ("e", "b4", 11, 1.0),
     ("f", "b1", 9, 1.0),
 ]
 MOVIES_D1 = [("a", "m1", 9, 1.0), ("b", "m1", 9, 1.0), ("c", "m1", 9, 1.0), ("d", "m1", 9, 1.0), ("g", "m2", 9, 1.0), ("g", "m3", 9, 1.0)]
@@ -145,9 +151,11 @@ def test_load_features_builds_matrices_indexed_by_keys(history):
     users, items = keys_of(lake, D1)
     assert all(features.user_ids[k] == u for u, k in users.items())
     for (domain, user, item), row in rows.items():
-        matrix = features.train[domain] if row["split"] == "train" else features.holdout[
-            Segment.WARM if row["split"] == "valid_warm" else Segment.COLD_START
-        ]
+        matrix = (
+            features.train[domain]
+            if row["split"] == "train"
+            else features.holdout[Segment.WARM if row["split"] == "valid_warm" else Segment.COLD_START]
+        )
         assert matrix[users[user], items[domain, item]] == pytest.approx(row["weight"])
     total = sum(m.nnz for m in features.train.values()) + sum(m.nnz for m in features.holdout.values())
     assert total == len(rows)
@@ -185,7 +193,13 @@ def test_kcore_filters_target_users_and_items_until_stable(settings, lake, spark
     rows = named_rows(lake, D1)
     # b4 has one user; then e still has three items; c, d, f have one item each
     assert {(u, i) for d, u, i in rows if d == TARGET} == {
-        ("a", "b1"), ("a", "b2"), ("b", "b1"), ("b", "b3"), ("e", "b1"), ("e", "b2"), ("e", "b3")
+        ("a", "b1"),
+        ("a", "b2"),
+        ("b", "b1"),
+        ("b", "b3"),
+        ("e", "b1"),
+        ("e", "b2"),
+        ("e", "b3"),
     }
     assert {(u, i) for d, u, i in rows if d == SOURCE} == {(u, i) for u, i, _, _ in MOVIES_D1}
     _, items = keys_of(lake, D1)

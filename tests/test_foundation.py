@@ -35,7 +35,7 @@ def test_config_env_override_and_unknown_key(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name", ["../etc", "/abs", "Books", "a b", ""])
 def test_domain_names_cannot_escape_lake(name):
-    with pytest.raises(ConfigError, match="domains.target"):
+    with pytest.raises(ConfigError, match=r"domains\.target"):
         load_settings(domains={"source": "movies", "target": name})
 
 
@@ -81,11 +81,10 @@ def test_parquet_partition_replace_is_idempotent(lake):
 
 def test_failed_write_leaves_previous_partition(lake):
     lake.write_parquet_partition(USER_KEYS, _keys(3), ds="2026-01-01")
-    with pytest.raises(RuntimeError):
-        with lake.replace_partition(USER_KEYS, ds="2026-01-01") as staged:
-            (staged / "user_keys").mkdir()
-            (staged / "user_keys" / "half.parquet").write_bytes(b"PAR1 partial")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), lake.replace_partition(USER_KEYS, ds="2026-01-01") as staged:
+        (staged / "user_keys").mkdir()
+        (staged / "user_keys" / "half.parquet").write_bytes(b"PAR1 partial")
+        raise RuntimeError("killed mid-write")
     assert lake.read_parquet_partition(USER_KEYS, ds="2026-01-01").num_rows == 3
     assert not any((lake.root / "_staging").iterdir())
 
@@ -150,9 +149,8 @@ def test_stage_run_records_success_and_failure_once_per_rerun(lake):
     for rows in (5, 6):
         with stage_run(lake, "clean", "2026-01-01", "books") as report:
             report.rows_in = rows
-    with pytest.raises(ValueError):
-        with stage_run(lake, "featurize", "2026-01-01"):
-            raise ValueError("no clean partition")
+    with pytest.raises(ValueError), stage_run(lake, "featurize", "2026-01-01"):
+        raise ValueError("no clean partition")
     reports = read_run_reports(lake, "2026-01-01").to_pylist()
     assert [(r["stage"], r["status"], r["rows_in"]) for r in reports] == [("clean", "success", 6), ("featurize", "failed", 0)]
     assert "no clean partition" in json.loads(reports[1]["metrics"])["error"]

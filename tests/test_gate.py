@@ -27,15 +27,17 @@ def night(lake: Lake, settings, ds: str, ndcg: float | None, users: int = 4, k: 
     """What train and score leave for ``ds``: a model card, the candidate pointer and the scores partition."""
     write_fake_model(lake, ds, {"metrics": None if ndcg is None else {"all": {"ndcg@10": ndcg}}})
     n = users * k
-    scores = pa.table({
-        "user_id": np.repeat([f"u{i}" for i in range(users)], k),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), users),
-        "item_id": [f"t{i}" for i in range(n)],
-        "score": np.linspace(1, 0, n, dtype=np.float32),
-        "model_version": [fake_model_version(ds)] * n,
-        "segment": ["warm"] * n,
-        "because": [[]] * n,
-    })
+    scores = pa.table(
+        {
+            "user_id": np.repeat([f"u{i}" for i in range(users)], k),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), users),
+            "item_id": [f"t{i}" for i in range(n)],
+            "score": np.linspace(1, 0, n, dtype=np.float32),
+            "model_version": [fake_model_version(ds)] * n,
+            "segment": ["warm"] * n,
+            "because": [[]] * n,
+        }
+    )
     lake.write_parquet_partition(SCORES, SCORES.validate(scores), ds=ds, domain=settings.target)
 
 
@@ -92,7 +94,9 @@ def test_a_rerun_of_the_same_night_compares_with_the_night_before(lake, gate_set
 
 
 def test_evaluate_without_a_model_names_the_missing_file(lake, gate_settings):
-    with pytest.raises(MissingPartitionError, match=r"no model trained for ds=2026-01-01: .*models/ds=2026-01-01/candidate\.json does not exist"):
+    with pytest.raises(
+        MissingPartitionError, match=r"no model trained for ds=2026-01-01: .*models/ds=2026-01-01/candidate\.json does not exist"
+    ):
         evaluate_stage(gate_settings, "2026-01-01")
     night(lake, gate_settings, "2026-01-01", 0.2)
     (lake.root / fake_model_version("2026-01-01") / "model_card.json").unlink()
@@ -105,7 +109,10 @@ def test_publish_refuses_scores_of_another_model_than_the_gated_one(lake, gate_s
     evaluate_stage(gate_settings, "2026-01-01")
     write_fake_model(lake, "2026-01-01", model="1111")  # retrained: a new candidate
     evaluate_stage(gate_settings, "2026-01-01")  # the retrained model passes the gate, but nobody re-scored
-    with pytest.raises(LakeError, match=r"scores of ds=2026-01-01 domain=books come from \['models/ds=2026-01-01/model=202601010000'\].*re-run the score stage"):
+    with pytest.raises(
+        LakeError,
+        match=r"scores of ds=2026-01-01 domain=books come from \['models/ds=2026-01-01/model=202601010000'\].*re-run the score stage",
+    ):
         publish_stage(gate_settings, "2026-01-01")
 
 

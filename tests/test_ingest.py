@@ -46,6 +46,7 @@ def file_digests(lake: Lake) -> dict[str, str]:
 
 # ---- pairs (CDRIB layout) -------------------------------------------------------------
 
+
 @pytest.mark.shared_data
 def test_pairs_import_matches_readme_and_keeps_cold_start_users_out_of_raw(shared_data, lake):
     directory = shared_data / "amazon-cloth-sport"
@@ -87,11 +88,10 @@ def test_pairs_import_names_a_missing_domain_folder(tmp_path, lake):
 
 # ---- recbole (MovieLens-1M by genre) ---------------------------------------------------
 
+
 @pytest.mark.shared_data
 def test_recbole_import_matches_readme_and_lands_by_real_utc_day(shared_data, lake):
-    summary = import_recbole(
-        lake, shared_data / "movielens-1m", ["Comedy", "Romance", "Drama"], ["Sci-Fi", "Action", "Thriller"]
-    )
+    summary = import_recbole(lake, shared_data / "movielens-1m", ["Comedy", "Romance", "Drama"], ["Sci-Fi", "Action", "Thriller"])
     comedy, scifi = summary.domain("comedy"), summary.domain("scifi")
     assert (comedy.rows, comedy.items) == (502_772, 2_192)
     assert (scifi.rows, scifi.items) == (246_692, 636)
@@ -120,6 +120,7 @@ def test_recbole_import_rejects_unknown_genres_and_bad_timestamps(tmp_path, lake
 
 
 # ---- events (files as delivered) -------------------------------------------------------
+
 
 @pytest.fixture
 def delivered(tmp_path) -> dict[str, Path]:
@@ -203,9 +204,22 @@ def test_events_reimport_replaces_the_partition(settings, lake, delivered):
 def test_cli_reports_a_bad_event_file_and_exits_2(tmp_path, delivered):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSREC_")} | {"COLUMNS": "400"}  # no wrapping
     result = subprocess.run(
-        [str(REPO_ROOT / ".venv" / "bin" / "crossrec"), "import", "events", str(delivered["no_ts"]),
-         "--domain", "books", "--ds", DS, "--lake", str(tmp_path / "lake")],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            str(REPO_ROOT / ".venv" / "bin" / "crossrec"),
+            "import",
+            "events",
+            str(delivered["no_ts"]),
+            "--domain",
+            "books",
+            "--ds",
+            DS,
+            "--lake",
+            str(tmp_path / "lake"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "broken.csv: missing required column(s) ['ts']" in result.stderr
@@ -213,6 +227,7 @@ def test_cli_reports_a_bad_event_file_and_exits_2(tmp_path, delivered):
 
 
 # ---- demo-data -----------------------------------------------------------------------
+
 
 def test_demo_data_is_deterministic_and_reruns_replace(tmp_path, settings):
     def generate(lake: Lake, seed: int = 3) -> dict[str, str]:
@@ -229,9 +244,7 @@ def test_demo_data_is_deterministic_and_reruns_replace(tmp_path, settings):
 
 
 def test_demo_data_cli_prints_a_summary(tmp_path):
-    result = CliRunner().invoke(
-        app, ["demo-data", "--lake", str(tmp_path / "lake"), "--users", "100", "--days", "1", "--end-date", DS]
-    )
+    result = CliRunner().invoke(app, ["demo-data", "--lake", str(tmp_path / "lake"), "--users", "100", "--days", "1", "--end-date", DS])
     assert result.exit_code == 0, result.output
     assert "movies" in result.output and "books" in result.output
     assert (tmp_path / "lake" / "raw" / "domain=books" / f"ds={DS}" / "events.jsonl.gz").is_file()

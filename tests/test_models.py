@@ -12,8 +12,7 @@ from crossrec_core.config import load_settings
 from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
 from crossrec_core.models.base import build_model, dot_scores
-from crossrec_core.models.encoders import TEMPERATURE, _GradientReversal, gaussian_mmd
-
+from crossrec_core.models.encoders import _GradientReversal, gaussian_mmd
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -95,7 +94,9 @@ def test_a_user_with_every_item_has_no_examples_and_cannot_be_sampled():
     sampler = NegativeSampler(matrix)
     with pytest.raises(ValueError, match=r"users \[0\] interacted with all 3 items"):
         sampler.sample(torch.tensor([0, 1]), 2, torch.Generator().manual_seed(0))
-    features = FeatureSet("a", "b", np.array(["x", "y"]), {"a": np.array(["i", "j", "k"]), "b": np.array(["i", "j", "k"])}, {"a": matrix, "b": matrix})
+    features = FeatureSet(
+        "a", "b", np.array(["x", "y"]), {"a": np.array(["i", "j", "k"]), "b": np.array(["i", "j", "k"])}, {"a": matrix, "b": matrix}
+    )
     batches = InteractionBatches(features, ("b",), 8, 1)
     assert batches.n_examples == 1  # only user 1's interaction remains
     batch = next(batches.epoch(torch.Generator().manual_seed(0)))

@@ -92,7 +92,9 @@ def test_disjoint_split_puts_each_cold_start_user_on_one_side(tmp_path):
     some = sorted(test_users)[0]
     assert splits.test.holdout[Segment.COLD_START][key[some]].nnz == len({int(some) % 3, (int(some) + 1) % 3})
     assert splits.test.known is None
-    assert load_pairs(tmp_path, "a", "b", split="disjoint").test.holdout[Segment.COLD_START].nnz == splits.test.holdout[Segment.COLD_START].nnz
+    assert (
+        load_pairs(tmp_path, "a", "b", split="disjoint").test.holdout[Segment.COLD_START].nnz == splits.test.holdout[Segment.COLD_START].nnz
+    )
 
 
 def test_load_pairs_rejects_an_unknown_split(tmp_path):
@@ -108,12 +110,27 @@ def test_import_pairs_lands_domain_own_ids_and_reports_true_overlap(tmp_path):
 
     write_layout(tmp_path / "data")
     lake = tmp_path / "lake"
-    result = CliRunner().invoke(app, ["import", "pairs", str(tmp_path / "data"), "--source", "a", "--target", "b", "--lake", str(lake), "--days", "2", "--end-date", "2026-11-20"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "import",
+            "pairs",
+            str(tmp_path / "data"),
+            "--source",
+            "a",
+            "--target",
+            "b",
+            "--lake",
+            str(lake),
+            "--days",
+            "2",
+            "--end-date",
+            "2026-11-20",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "users in both domains (train)" in result.output
-    landed = {
-        domain: set(pq.read_table(lake / "raw" / f"domain={domain}").column("user_id").to_pylist()) for domain in ("a", "b")
-    }
+    landed = {domain: set(pq.read_table(lake / "raw" / f"domain={domain}").column("user_id").to_pylist()) for domain in ("a", "b")}
     assert landed["a"] == {"0", "2", "3", "a-4", "a-5"}
     assert landed["b"] == {"0", "1", "b-4", "b-5", "b-6"}
     assert landed["a"] & landed["b"] == {"0"}

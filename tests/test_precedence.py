@@ -32,7 +32,9 @@ def yaml_file(tmp_path):
 def test_embedded_defaults_when_nothing_else_is_set():
     settings = load_settings()
     assert (settings.model.name, settings.model.epochs, settings.score.k) == (
-        DEFAULTS["model"]["name"], DEFAULTS["model"]["epochs"], DEFAULTS["score"]["k"],
+        DEFAULTS["model"]["name"],
+        DEFAULTS["model"]["epochs"],
+        DEFAULTS["score"]["k"],
     )
 
 
@@ -85,7 +87,11 @@ def test_cli_flag_beats_environment(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("variable", "unknown"),
-    [("CROSSREC_MODLE__NAME", "'modle'"), ("CROSSREC_MODEL__NAEM", "'model.naem'"), ("CROSSREC_SCORE__K__MAX", "'score.k' has no sub-keys")],
+    [
+        ("CROSSREC_MODLE__NAME", "'modle'"),
+        ("CROSSREC_MODEL__NAEM", "'model.naem'"),
+        ("CROSSREC_SCORE__K__MAX", "'score.k' has no sub-keys"),
+    ],
 )
 def test_an_unknown_crossrec_variable_fails_naming_it(monkeypatch, variable, unknown):
     monkeypatch.setenv(variable, "dann")
@@ -114,7 +120,10 @@ def test_a_job_with_a_misspelt_variable_exits_2_naming_it(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "CROSSREC_MODLE__NAME": "dann"}
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "jobs" / "report.py"), "--ds", "2026-01-02", "--lake", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "CROSSREC_MODLE__NAME" in done.stderr and "Traceback" not in done.stderr

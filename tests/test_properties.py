@@ -40,7 +40,10 @@ def test_user_keys_are_stable_dense_and_append_only_over_any_sequence_of_days(se
     assert sorted(assigned.values()) == list(range(len(assigned)))  # dense: 0..n-1, no gaps or repeats
 
 
-@given(st.lists(st.tuples(st.sampled_from(["books", "movies"]), ids), max_size=20), st.lists(st.tuples(st.sampled_from(["books", "movies"]), ids), max_size=20))
+@given(
+    st.lists(st.tuples(st.sampled_from(["books", "movies"]), ids), max_size=20),
+    st.lists(st.tuples(st.sampled_from(["books", "movies"]), ids), max_size=20),
+)
 def test_item_keys_are_per_domain_and_stable_across_two_days(first, second):
     empty = no_keys(ITEM_KEYS)
 
@@ -58,8 +61,15 @@ def test_item_keys_are_per_domain_and_stable_across_two_days(first, second):
 
 
 GOOD = "u{n},i{n},{ts},view,1"
-BAD = ["{n},,{ts},view,1", ",i{n},{ts},view,1", "u{n},i{n},yesterday,view,1", "u{n},i{n},{ts},teleport,1",
-       "u{n},i{n},{ts},view,-1", "u{n},i{n}", "u{n},i{n},99999999999999,view,1"]
+BAD = [
+    "{n},,{ts},view,1",
+    ",i{n},{ts},view,1",
+    "u{n},i{n},yesterday,view,1",
+    "u{n},i{n},{ts},teleport,1",
+    "u{n},i{n},{ts},view,-1",
+    "u{n},i{n}",
+    "u{n},i{n},99999999999999,view,1",
+]
 
 
 @pytest.mark.spark

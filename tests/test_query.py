@@ -52,8 +52,14 @@ def test_select_joins_recommendations_and_run_reports_of_the_current_snapshot(se
 
 @pytest.mark.parametrize(
     "sql",
-    ["DESCRIBE recommendations", "SHOW TABLES", "EXPLAIN SELECT * FROM recommendations", "SUMMARIZE run_reports",
-     "FROM recommendations LIMIT 1", "EXPLAIN ANALYZE SELECT count(*) FROM recommendations"],
+    [
+        "DESCRIBE recommendations",
+        "SHOW TABLES",
+        "EXPLAIN SELECT * FROM recommendations",
+        "SUMMARIZE run_reports",
+        "FROM recommendations LIMIT 1",
+        "EXPLAIN ANALYZE SELECT count(*) FROM recommendations",
+    ],
 )
 def test_describe_show_explain_are_allowed(served_lake, sql):
     assert run_query(served_lake, sql, LIMITS).num_rows >= 1
@@ -115,7 +121,9 @@ def test_a_refused_statement_exits_2_with_one_clear_line(served_lake):
     crossrec = Path(sys.executable).with_name("crossrec")
     done = subprocess.run(
         [str(crossrec), "sql", "DROP VIEW recommendations", "--lake", str(served_lake.root)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "DROP statements are refused" in done.stderr and "Traceback" not in done.stderr
@@ -141,11 +149,15 @@ def test_the_sql_command_takes_its_limits_from_config_and_flags(served_lake, tmp
     crossrec = Path(sys.executable).with_name("crossrec")
     from_config = subprocess.run(
         [str(crossrec), "sql", ENDLESS_CROSS_JOIN, "--config", str(config), "--lake", str(served_lake.root)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     from_flag = subprocess.run(
         [str(crossrec), "sql", ENDLESS_CROSS_JOIN, "--timeout", "0.7", "--config", str(config), "--lake", str(served_lake.root)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert from_config.returncode == from_flag.returncode == 2
     assert "query stopped after 0.5 s" in from_config.stderr and "query stopped after 0.7 s" in from_flag.stderr
@@ -155,7 +167,9 @@ def test_ctrl_c_stops_a_running_query_at_once(served_lake):
     crossrec = Path(sys.executable).with_name("crossrec")
     process = subprocess.Popen(
         [str(crossrec), "--verbose", "sql", ENDLESS_CROSS_JOIN, "--timeout", "3600", "--lake", str(served_lake.root)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
         # SIGINT handled as in an interactive shell, even if this test runs with it ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

@@ -13,8 +13,8 @@ import pytest
 
 from crossrec_core.config import ConfigError, load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, QUARANTINE, RAW
-from crossrec_core.etl.clean import EmptyDeliveryError, clean
 from crossrec_core.errors import InputError
+from crossrec_core.etl.clean import EmptyDeliveryError, clean
 from crossrec_core.ingest.events import import_events
 from crossrec_core.jobs_main import main as job_main
 from crossrec_core.lake import Lake
@@ -34,40 +34,74 @@ def cleaned(tmp_path_factory, spark):
     lake = Lake(settings.lake)
     raw = lake.partition_path(RAW, domain="books", ds=DS)
     raw.mkdir(parents=True)
-    (raw / "a.csv").write_text("\n".join([
-        "user_id,item_id,ts,event_type,value,campaign",  # an extra column: ignored, the row is kept
-        f"{'x' * 10_240},i1,{EPOCH},view,1,c1",  # 10 KB id
-        f"ユーザー,本-1,{EPOCH},view,1,c1",  # unicode ids are ids
-        f"\tu3 ,i3,{EPOCH},view,1,c1",  # surrounding whitespace trimmed
-        "u4,i4,0,view,1,c1",  # 1970
-        f"u5,i5,{EPOCH},view,-3,c1",  # negative value
-        f"u6,i6,{EPOCH},view,abc,c1",  # a value of the wrong type
-        f"u7,i7,{EPOCH},view,1",  # a record with fewer fields than the header: malformed, whichever field is missing
-        "T05:00:00,i8,T05:00:00,view,1,c1",  # a time without a date (Spark alone reads it as today)
-        "2026-03,i9,2026-03,view,1,c1",  # a month without a day (Spark alone reads it as March 1st)
-        f'u11,i11,{EPOCH},view,1,"two\nlines"',  # a quoted newline in an ignored column: one row, kept
-        f'"u12\nx",i12,{EPOCH},view,1,c1',  # a quoted newline in an id: one row, a control character
-        f"u13,i13,{EPOCH},view,1,c1,surplus",  # more fields than the header
-    ]) + "\n")
-    (raw / "b.jsonl").write_text("\n".join([
-        json.dumps({"user_id": "u3", "item_id": "i3", "ts": EPOCH, "event_type": "view", "value": 1}),  # duplicate across files
-        json.dumps({"user_id": ["u8"], "item_id": "i8", "ts": EPOCH}),  # wrong type: a list id
-        json.dumps({"user_id": "u9", "item_id": "i9", "ts": float("nan")}),  # NaN timestamp
-    ]) + "\n")
+    (raw / "a.csv").write_text(
+        "\n".join(
+            [
+                "user_id,item_id,ts,event_type,value,campaign",  # an extra column: ignored, the row is kept
+                f"{'x' * 10_240},i1,{EPOCH},view,1,c1",  # 10 KB id
+                f"ユーザー,本-1,{EPOCH},view,1,c1",  # unicode ids are ids
+                f"\tu3 ,i3,{EPOCH},view,1,c1",  # surrounding whitespace trimmed
+                "u4,i4,0,view,1,c1",  # 1970
+                f"u5,i5,{EPOCH},view,-3,c1",  # negative value
+                f"u6,i6,{EPOCH},view,abc,c1",  # a value of the wrong type
+                f"u7,i7,{EPOCH},view,1",  # a record with fewer fields than the header: malformed, whichever field is missing
+                "T05:00:00,i8,T05:00:00,view,1,c1",  # a time without a date (Spark alone reads it as today)
+                "2026-03,i9,2026-03,view,1,c1",  # a month without a day (Spark alone reads it as March 1st)
+                f'u11,i11,{EPOCH},view,1,"two\nlines"',  # a quoted newline in an ignored column: one row, kept
+                f'"u12\nx",i12,{EPOCH},view,1,c1',  # a quoted newline in an id: one row, a control character
+                f"u13,i13,{EPOCH},view,1,c1,surplus",  # more fields than the header
+            ]
+        )
+        + "\n"
+    )
+    (raw / "b.jsonl").write_text(
+        "\n".join(
+            [
+                json.dumps({"user_id": "u3", "item_id": "i3", "ts": EPOCH, "event_type": "view", "value": 1}),  # duplicate across files
+                json.dumps({"user_id": ["u8"], "item_id": "i8", "ts": EPOCH}),  # wrong type: a list id
+                json.dumps({"user_id": "u9", "item_id": "i9", "ts": float("nan")}),  # NaN timestamp
+            ]
+        )
+        + "\n"
+    )
     pq.write_table(pa.table({"user_id": ["u10"], "item_id": ["i10"], "ts": [EPOCH]}), raw / "c.parquet")
     # pandas' own timestamps are nanoseconds, naive or zoned; an ignored column may be one too
-    pd.DataFrame({"user_id": ["n1", "n2"], "item_id": ["i1", "i2"], "ts": pd.to_datetime(["2026-03-10 12:00:00.123456789", "2026-03-10 13:00:00.000000000"])}).to_parquet(raw / "nanos.parquet")
+    pd.DataFrame(
+        {
+            "user_id": ["n1", "n2"],
+            "item_id": ["i1", "i2"],
+            "ts": pd.to_datetime(["2026-03-10 12:00:00.123456789", "2026-03-10 13:00:00.000000000"]),
+        }
+    ).to_parquet(raw / "nanos.parquet")
     zoned = pd.to_datetime(["2026-03-10 13:00", "2026-03-10 14:00"]).tz_localize("Europe/Paris")
-    pd.DataFrame({"user_id": ["z1", "z2"], "item_id": ["i1", "i2"], "ts": zoned, "created": zoned.tz_localize(None)}).to_parquet(raw / "zoned.parquet")
-    pq.write_table(pa.table({"user_id": pa.array([["l1", "l2"], ["l3"]]), "item_id": ["i1", "i2"], "ts": [EPOCH, EPOCH]}), raw / "list_ids.parquet")
+    pd.DataFrame({"user_id": ["z1", "z2"], "item_id": ["i1", "i2"], "ts": zoned, "created": zoned.tz_localize(None)}).to_parquet(
+        raw / "zoned.parquet"
+    )
+    pq.write_table(
+        pa.table({"user_id": pa.array([["l1", "l2"], ["l3"]]), "item_id": ["i1", "i2"], "ts": [EPOCH, EPOCH]}), raw / "list_ids.parquet"
+    )
     pq.write_table(pa.table({"user_id": ["s1"], "item_id": pa.array([{"id": "i1"}]), "ts": [EPOCH]}), raw / "struct_ids.parquet")
-    pq.write_table(pa.table({"user_id": [1.0, 2.5, float("nan"), 2.0**60], "item_id": ["f1", "f2", "f3", "f4"], "ts": [EPOCH] * 4}), raw / "float_ids.parquet")
+    pq.write_table(
+        pa.table({"user_id": [1.0, 2.5, float("nan"), 2.0**60], "item_id": ["f1", "f2", "f3", "f4"], "ts": [EPOCH] * 4}),
+        raw / "float_ids.parquet",
+    )
     pq.write_table(pa.table({"user_id": pa.array([1], pa.int64()), "item_id": ["f5"], "ts": [EPOCH]}), raw / "int_ids.parquet")
-    pq.write_table(pa.table({"user_id": pa.array([b"Jos\xe9", b"b2"], pa.binary()), "item_id": ["i1", "i2"], "ts": [EPOCH, EPOCH]}), raw / "bytes_ids.parquet")
-    pq.write_table(pa.table({"user_id": ["w1"], "item_id": ["i1"], "ts": pa.array([NOON], pa.timestamp("us", tz="UTC"))}), raw / "int96.parquet", use_deprecated_int96_timestamps=True)
-    (raw / "d.jsonl").write_bytes(b'{"user_id": "Jos\xe9", "item_id": "i1", "ts": %d}\n{"user_id": "j2", "item_id": "i2", "ts": %d}\n' % (EPOCH, EPOCH))
+    pq.write_table(
+        pa.table({"user_id": pa.array([b"Jos\xe9", b"b2"], pa.binary()), "item_id": ["i1", "i2"], "ts": [EPOCH, EPOCH]}),
+        raw / "bytes_ids.parquet",
+    )
+    pq.write_table(
+        pa.table({"user_id": ["w1"], "item_id": ["i1"], "ts": pa.array([NOON], pa.timestamp("us", tz="UTC"))}),
+        raw / "int96.parquet",
+        use_deprecated_int96_timestamps=True,
+    )
+    (raw / "d.jsonl").write_bytes(
+        b'{"user_id": "Jos\xe9", "item_id": "i1", "ts": %d}\n{"user_id": "j2", "item_id": "i2", "ts": %d}\n' % (EPOCH, EPOCH)
+    )
     report = clean(settings, DS, "books")
-    quarantine = {(r["source_file"], r["source_row"]): r["reason"] for r in lake.read_parquet_partition(QUARANTINE, domain="books", ds=DS).to_pylist()}
+    quarantine = {
+        (r["source_file"], r["source_row"]): r["reason"] for r in lake.read_parquet_partition(QUARANTINE, domain="books", ds=DS).to_pylist()
+    }
     kept: dict[str, set[str]] = {}
     for r in lake.read_parquet_partition(CLEAN_INTERACTIONS, domain="books", ds=DS).to_pylist():
         kept.setdefault(r["user_id"], set()).add(r["item_id"])
@@ -104,7 +138,10 @@ def test_each_case_has_its_documented_outcome(cleaned):
 
 def test_quarantine_keeps_the_raw_text_of_wrong_ids(cleaned):
     lake = cleaned[0]
-    rows = {(r["source_file"].rsplit("/", 1)[-1], r["source_row"]): r for r in lake.read_parquet_partition(QUARANTINE, domain="books", ds=DS).to_pylist()}
+    rows = {
+        (r["source_file"].rsplit("/", 1)[-1], r["source_row"]): r
+        for r in lake.read_parquet_partition(QUARANTINE, domain="books", ds=DS).to_pylist()
+    }
     assert rows["list_ids.parquet", 1]["user_id"] == "[l1, l2]"
     assert rows["float_ids.parquet", 2]["user_id"] == "2.5"
     assert rows["a.csv", 7]["raw_record"] == f"u7,i7,{EPOCH},view,1"
@@ -120,7 +157,7 @@ def test_nanosecond_zoned_and_int96_parquet_timestamps_are_read_as_utc(cleaned):
 
 
 def test_rows_in_equals_clean_plus_quarantined_plus_duplicates(cleaned):
-    lake, report, quarantine, _ = cleaned
+    lake, _report, quarantine, _ = cleaned
     row = next(r for r in read_run_reports(lake, DS).to_pylist() if r["stage"] == "clean")
     duplicates = json.loads(row["metrics"])["duplicates_removed"]
     assert row["rows_in"] == 33
@@ -134,7 +171,10 @@ def _empty_delivery(lake: Lake) -> None:
     (raw / "empty.csv").write_text("")
     (raw / "header_only.csv").write_text("user_id,item_id,ts\n")
     (raw / "empty.jsonl").write_text("")
-    pq.write_table(pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string()), "ts": pa.array([], pa.int64())}), raw / "no_rows.parquet")
+    pq.write_table(
+        pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string()), "ts": pa.array([], pa.int64())}),
+        raw / "no_rows.parquet",
+    )
 
 
 def test_an_empty_delivery_is_an_empty_night_with_a_warning_in_the_run_report(tmp_path, spark):
@@ -165,8 +205,7 @@ def test_bytes_that_are_not_utf8_late_in_a_csv_are_quarantined_never_merged(tmp_
     delivery = tmp_path / "p.csv"
     good = "".join(f"u{i},books-1,{EPOCH - 400 + i},view\n" for i in range(400))
     delivery.write_bytes(
-        b"user_id,item_id,ts,event_type\n" + good.encode()
-        + b"Jos\xe9,books-1,%d,purchase\nJos\xe8,books-1,%d,purchase\n" % (EPOCH, EPOCH)
+        b"user_id,item_id,ts,event_type\n" + good.encode() + b"Jos\xe9,books-1,%d,purchase\nJos\xe8,books-1,%d,purchase\n" % (EPOCH, EPOCH)
     )
     settings = load_settings(lake=tmp_path / "lake", spark={"shuffle_partitions": 2})
     lake = Lake(settings.lake)

@@ -111,6 +111,7 @@ def test_nan_scores_fail_naming_the_users():
 
 def with_ghost_users(features: FeatureSet, n_ghosts: int) -> FeatureSet:
     """The features plus users known only from the key index (no history anywhere)."""
+
     def grow(matrix):
         return sp.vstack([matrix, sp.csr_matrix((n_ghosts, matrix.shape[1]), dtype=matrix.dtype)], format="csr")
 
@@ -140,7 +141,9 @@ def integer_model(name: str, features: FeatureSet, settings, seed: int = 0) -> R
     """A registered model with small integer weights: exact scores in any summation order."""
     model = build_model(name, features, settings.model)
     generator = torch.Generator().manual_seed(seed)
-    model.load_state_dict({key: torch.randint(-2, 3, value.shape, generator=generator).float() for key, value in model.state_dict().items()})
+    model.load_state_dict(
+        {key: torch.randint(-2, 3, value.shape, generator=generator).float() for key, value in model.state_dict().items()}
+    )
     return model.eval()
 
 
@@ -300,7 +303,6 @@ def test_item_to_item_models_serve_because_items_readable_by_every_reader(lake_r
     table = snapshot(lake, RECOMMENDATIONS).dataset.to_table()
     assert table.num_rows == len(rows) and table.schema.field("because").type.value_type == "string"
     assert pl.read_delta(str(lake.root / RECOMMENDATIONS.path)).height == len(rows)
-    arrow = table  # DuckDB queries the Arrow snapshot (no delta extension offline)
     assert duckdb.sql("SELECT count(*) FROM arrow WHERE len(because) > 0").fetchone()[0] == explained
 
     cold_user = tiny_features.user_ids[tiny_features.holdout_users(Segment.COLD_START)[0]]

@@ -37,15 +37,19 @@ def scores_table(users: list[str], k: int, ds: str, segment: str = "warm", seed:
     """k rows per user, ranked, naming the model of ``ds`` (by default the fake one)."""
     rng = np.random.default_rng(seed)
     n = len(users) * k
-    return SCORES.validate(pa.table({
-        "user_id": np.repeat(users, k),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
-        "item_id": [f"t{i}" for i in rng.integers(0, 1000, n)],
-        "score": np.sort(rng.random(n).astype(np.float32))[::-1],
-        "model_version": [version or fake_model_version(ds)] * n,
-        "segment": [segment] * n,
-        "because": [[]] * n,
-    }))
+    return SCORES.validate(
+        pa.table(
+            {
+                "user_id": np.repeat(users, k),
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
+                "item_id": [f"t{i}" for i in rng.integers(0, 1000, n)],
+                "score": np.sort(rng.random(n).astype(np.float32))[::-1],
+                "model_version": [version or fake_model_version(ds)] * n,
+                "segment": [segment] * n,
+                "because": [[]] * n,
+            }
+        )
+    )
 
 
 def stage_scores(lake, ds: str, table: pa.Table) -> None:
@@ -191,18 +195,24 @@ def test_restore_serves_an_earlier_version_again_and_refuses_a_later_one(lake_ro
 
 def test_an_unknown_user_is_told_so_and_shown_the_fallback_list(lake_root, lake):
     popular = ["t9", "t4", "t1"]
-    rows = pa.concat_tables([
-        scores_table(USERS, 3, "2026-01-05"),
-        SCORES.validate(pa.table({  # fb0 saw t4: its popularity list skips it; fb1's list is the full one
-            "user_id": ["fb0"] * 3 + ["fb1"] * 3,
-            "rank": pa.array([1, 2, 3] * 2, pa.int32()),
-            "item_id": ["t9", "t1", "t7"] + popular,
-            "score": pa.array([3.0, 1.0, 0.5, 3.0, 2.0, 1.0], pa.float32()),
-            "model_version": [fake_model_version("2026-01-05")] * 6,
-            "segment": ["fallback"] * 6,
-            "because": [[]] * 6,
-        })),
-    ])
+    rows = pa.concat_tables(
+        [
+            scores_table(USERS, 3, "2026-01-05"),
+            SCORES.validate(
+                pa.table(
+                    {  # fb0 saw t4: its popularity list skips it; fb1's list is the full one
+                        "user_id": ["fb0"] * 3 + ["fb1"] * 3,
+                        "rank": pa.array([1, 2, 3] * 2, pa.int32()),
+                        "item_id": ["t9", "t1", "t7", *popular],
+                        "score": pa.array([3.0, 1.0, 0.5, 3.0, 2.0, 1.0], pa.float32()),
+                        "model_version": [fake_model_version("2026-01-05")] * 6,
+                        "segment": ["fallback"] * 6,
+                        "because": [[]] * 6,
+                    }
+                )
+            ),
+        ]
+    )
     publish_night(lake_root, lake, "2026-01-05", rows)
     runner = CliRunner()
 
@@ -260,12 +270,22 @@ def test_vacuum_drops_old_partitions_keeps_the_served_model_and_time_travel(lake
 
     result = vacuum_lake(lake, keep_days=1)
 
-    assert sorted(result.removed_partitions) == sorted(dry.removed_partitions) == sorted([
-        "serving/recommendations ds=2026-01-01",
-        "serving/run_reports ds=2026-01-01", "serving/run_reports ds=2026-01-02", "serving/run_reports ds=2026-01-03",
-        "scores ds=2026-01-01 domain=tgt", "scores ds=2026-01-02 domain=tgt", "scores ds=2026-01-03 domain=tgt",
-        "models ds=2026-01-01 model=202601010000",  # 01-02 and 01-03 are older than the models' cutoff but still served
-    ])
+    assert (
+        sorted(result.removed_partitions)
+        == sorted(dry.removed_partitions)
+        == sorted(
+            [
+                "serving/recommendations ds=2026-01-01",
+                "serving/run_reports ds=2026-01-01",
+                "serving/run_reports ds=2026-01-02",
+                "serving/run_reports ds=2026-01-03",
+                "scores ds=2026-01-01 domain=tgt",
+                "scores ds=2026-01-02 domain=tgt",
+                "scores ds=2026-01-03 domain=tgt",
+                "models ds=2026-01-01 model=202601010000",  # 01-02 and 01-03 are older than the models' cutoff but still served
+            ]
+        )
+    )
     current = snapshot(lake, RECOMMENDATIONS)
     assert current.version == before + 1 and current.days() == ["2026-01-02", "2026-01-03"]
     assert served_rows(lake, "2026-01-01", before).num_rows == 40  # time travel within the kept window

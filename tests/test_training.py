@@ -18,7 +18,6 @@ from crossrec_core.models.base import build_model, dot_scores
 from crossrec_core.models.encoders import DANN
 from crossrec_core.training import fit_model, warm_start
 
-
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
@@ -46,7 +45,7 @@ def test_dann_transfers_to_cold_start_users(tiny_features):
     """Target items follow from source items: a cold-start user's source history must
     rank their held-out target items far above chance."""
     untrained = training.validate(build_model("dann", tiny_features, model_settings()), tiny_features)
-    model, history = fit_model("dann", tiny_features, model_settings(epochs=4), progress=False)
+    _model, history = fit_model("dann", tiny_features, model_settings(epochs=4), progress=False)
     # 4 of a cluster's 10 target items held out: ranking the cluster first gives ~0.7
     assert history.validation["cold_start"]["ndcg@10"] > 0.6 > 2 * untrained["cold_start"]["ndcg@10"]
     assert history.best_score == history.validation["all"]["ndcg@10"]
@@ -174,7 +173,7 @@ def test_truncated_or_missing_model_file_raises_a_clear_error(tiny_features, lak
     path.unlink()
     with pytest.raises(ModelFileError, match=f"model file {path} does not exist"):
         load_model(lake, version, tiny_features)
-    with pytest.raises(ModelFileError, match="models/ds=2026-01-06/model=0123456789ab/model_card.json does not exist"):
+    with pytest.raises(ModelFileError, match=r"models/ds=2026-01-06/model=0123456789ab/model_card\.json does not exist"):
         load_model(lake, "models/ds=2026-01-06/model=0123456789ab", tiny_features)
     with pytest.raises(ModelFileError, match="not of the form"):
         load_model(lake, "../elsewhere", tiny_features)
@@ -198,15 +197,24 @@ def test_dann_beats_popularity_on_real_cold_start_users(shared_data):
     full = load_pairs(shared_data / "amazon-cloth-sport", source="sport", target="cloth").valid
     rng = np.random.default_rng(0)
     overlap = np.intersect1d(full.users_with_history("sport"), full.users_with_history("cloth"))
-    users = np.sort(np.concatenate([
-        rng.choice(overlap, 3000, replace=False), rng.choice(full.holdout_users(Segment.COLD_START), 300, replace=False),
-    ]))
+    users = np.sort(
+        np.concatenate(
+            [
+                rng.choice(overlap, 3000, replace=False),
+                rng.choice(full.holdout_users(Segment.COLD_START), 300, replace=False),
+            ]
+        )
+    )
     rows = {d: full.train[d][users] for d in full.domains}
     held_out = full.holdout[Segment.COLD_START][users]
     items = {d: np.flatnonzero(rows[d].getnnz(axis=0) + (held_out.getnnz(axis=0) if d == "cloth" else 0)) for d in rows}
     features = FeatureSet(  # the subset's users and the items they touched
-        source="sport", target="cloth", user_ids=full.user_ids[users], item_ids={d: full.item_ids[d][items[d]] for d in rows},
-        train={d: rows[d][:, items[d]] for d in rows}, holdout={Segment.COLD_START: held_out[:, items["cloth"]]},
+        source="sport",
+        target="cloth",
+        user_ids=full.user_ids[users],
+        item_ids={d: full.item_ids[d][items[d]] for d in rows},
+        train={d: rows[d][:, items[d]] for d in rows},
+        holdout={Segment.COLD_START: held_out[:, items["cloth"]]},
     )
     settings = load_settings(model={"epochs": 6, "device": "cpu", "batch_size": 2048}).model
     _, history = fit_model("dann", features, settings, progress=False)
@@ -214,6 +222,7 @@ def test_dann_beats_popularity_on_real_cold_start_users(shared_data):
     popularity.fit_fixed(features)
     popular = evaluate_model(popularity, features, segments=(Segment.COLD_START,), ks=(10,))
     assert history.validation["cold_start"]["ndcg@10"] > 3 * popular["cold_start"]["ndcg@10"]
+
 
 def write_features(lake, features, ds):
     """Materialise a FeatureSet as the features/ds=DS partition the featurize stage writes."""
@@ -224,21 +233,39 @@ def write_features(lake, features, ds):
     from crossrec_core.features import MANIFEST
 
     splits = [(d, Split.TRAIN, features.train[d]) for d in features.domains]
-    splits += [(features.target, Split.VALID_WARM, features.holdout[Segment.WARM]), (features.target, Split.VALID_COLD, features.holdout[Segment.COLD_START])]
+    splits += [
+        (features.target, Split.VALID_WARM, features.holdout[Segment.WARM]),
+        (features.target, Split.VALID_COLD, features.holdout[Segment.COLD_START]),
+    ]
     rows = []
     for domain, split, matrix in splits:
         coo = matrix.tocoo()
-        rows.append(pa.table({
-            "domain": [domain] * coo.nnz, "user_key": coo.row.astype(np.int64), "item_key": coo.col.astype(np.int64),
-            "weight": coo.data.astype(np.float64), "last_ts": pa.array([0] * coo.nnz, pa.timestamp("us", tz="UTC")),
-            "split": [split.value] * coo.nnz,
-        }))
+        rows.append(
+            pa.table(
+                {
+                    "domain": [domain] * coo.nnz,
+                    "user_key": coo.row.astype(np.int64),
+                    "item_key": coo.col.astype(np.int64),
+                    "weight": coo.data.astype(np.float64),
+                    "last_ts": pa.array([0] * coo.nnz, pa.timestamp("us", tz="UTC")),
+                    "split": [split.value] * coo.nnz,
+                }
+            )
+        )
     tables = {
         USER_KEYS: pa.table({"user_id": features.user_ids.astype(str), "user_key": np.arange(features.n_users)}),
-        ITEM_KEYS: pa.concat_tables([
-            pa.table({"domain": [d] * features.n_items(d), "item_id": features.item_ids[d].astype(str), "item_key": np.arange(features.n_items(d))})
-            for d in features.domains
-        ]),
+        ITEM_KEYS: pa.concat_tables(
+            [
+                pa.table(
+                    {
+                        "domain": [d] * features.n_items(d),
+                        "item_id": features.item_ids[d].astype(str),
+                        "item_key": np.arange(features.n_items(d)),
+                    }
+                )
+                for d in features.domains
+            ]
+        ),
         FEATURE_INTERACTIONS: pa.concat_tables(rows),
     }
     with lake.replace_partition(USER_KEYS, ds=ds) as staged:
@@ -259,8 +286,17 @@ def publish(lake, ds, version, features):
 
     from crossrec_core.contracts import RECOMMENDATIONS
 
-    rows = pa.table({"user_id": list(features.user_ids[:2]), "rank": [1, 1], "item_id": ["tgt0", "tgt1"], "score": [1.0, 1.0],
-                     "model_version": [version, version], "segment": ["warm", "warm"], "because": [[], []]})
+    rows = pa.table(
+        {
+            "user_id": list(features.user_ids[:2]),
+            "rank": [1, 1],
+            "item_id": ["tgt0", "tgt1"],
+            "score": [1.0, 1.0],
+            "model_version": [version, version],
+            "segment": ["warm", "warm"],
+            "because": [[], []],
+        }
+    )
     lake.write_delta_partition(RECOMMENDATIONS, rows, ds=ds, domain=features.target)
 
 
@@ -309,7 +345,10 @@ def _real_subset(features, users: np.ndarray):
     from crossrec_core.data import FeatureSet
 
     return FeatureSet(
-        source=features.source, target=features.target, user_ids=features.user_ids[users], item_ids=features.item_ids,
+        source=features.source,
+        target=features.target,
+        user_ids=features.user_ids[users],
+        item_ids=features.item_ids,
         train={d: features.train[d][users] for d in features.domains},
         holdout={s: m[users] for s, m in features.holdout.items()},
     )

@@ -18,9 +18,7 @@ err_console = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (default: CROSSREC_CONFIG, else embedded defaults)")
 ]
-LakeOption = Annotated[
-    Path | None, typer.Option("--lake", help="lake root (default: CROSSREC_LAKE, else config 'lake')")
-]
+LakeOption = Annotated[Path | None, typer.Option("--lake", help="lake root (default: CROSSREC_LAKE, else config 'lake')")]
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -20,7 +20,9 @@ ModelsOption = Annotated[
 ]
 UnmaskedOption = Annotated[
     bool,
-    typer.Option("--unmasked", help="CDRIB's ranking: a test user's known validation items are ranked too (default: excluded, as serving does)"),
+    typer.Option(
+        "--unmasked", help="CDRIB's ranking: a test user's known validation items are ranked too (default: excluded, as serving does)"
+    ),
 ]
 SeedsOption = Annotated[int, typer.Option("--seeds", min=1, help="runs per model; seeds are the config's model.seed + 0, 1, ...")]
 OutOption = Annotated[Path, typer.Option("--out", help="output directory: results.json, results.md, ndcg_at_10.png")]
@@ -58,7 +60,17 @@ def _command_line(ctx: click.Context) -> str:
 
 
 def _run(
-    ctx: click.Context, splits, dataset: str, models: str, seeds: int, out: Path, protocol: str, epochs, negatives, ks, config,
+    ctx: click.Context,
+    splits,
+    dataset: str,
+    models: str,
+    seeds: int,
+    out: Path,
+    protocol: str,
+    epochs,
+    negatives,
+    ks,
+    config,
     unmasked: bool = False,
 ) -> None:
     from crossrec_core.experiments import run_experiment, write_results
@@ -93,7 +105,10 @@ def _run(
 
 
 def register(app: typer.Typer) -> None:
-    eval_app = typer.Typer(help="Benchmark models on offline datasets: fit, evaluate (full and sampled ranking), write tables and a chart.", no_args_is_help=True)
+    eval_app = typer.Typer(
+        help="Benchmark models on offline datasets: fit, evaluate (full and sampled ranking), write tables and a chart.",
+        no_args_is_help=True,
+    )
     app.add_typer(eval_app, name="eval")
 
     @eval_app.command("pairs")
@@ -109,8 +124,19 @@ def register(app: typer.Typer) -> None:
         epochs: EpochsOption = None,
         negatives: NegativesOption = 999,
         ks: KsOption = "10,20,50",
-        split: Annotated[str, typer.Option("--split", help="comma-separated cold-start user splits: cdrib (the files' valid/test), disjoint (no user in both, by a hash of the id); each writes OUT/<split>/")] = "cdrib,disjoint",
-        common_users: Annotated[int | None, typer.Option("--common-users", min=0, help="C: user ids below it are one person in both domains (default: detected from the files)")] = None,
+        split: Annotated[
+            str,
+            typer.Option(
+                "--split",
+                help="comma-separated cold-start user splits: cdrib (the files' valid/test), disjoint (no user in both, by a hash of the id); each writes OUT/<split>/",
+            ),
+        ] = "cdrib,disjoint",
+        common_users: Annotated[
+            int | None,
+            typer.Option(
+                "--common-users", min=0, help="C: user ids below it are one person in both domains (default: detected from the files)"
+            ),
+        ] = None,
         unmasked: UnmaskedOption = False,
         config: ConfigOption = None,
     ) -> None:
@@ -130,8 +156,12 @@ def register(app: typer.Typer) -> None:
     def recbole(
         ctx: typer.Context,
         directory: Annotated[Path, typer.Argument(help="folder holding <dataset>.inter and <dataset>.item (RecBole atomic files)")],
-        source_genres: Annotated[str, typer.Option("--source-genres", help="comma-separated genres of the source domain, e.g. Comedy,Romance,Drama")],
-        target_genres: Annotated[str, typer.Option("--target-genres", help="comma-separated genres of the target domain, e.g. Sci-Fi,Action,Thriller")],
+        source_genres: Annotated[
+            str, typer.Option("--source-genres", help="comma-separated genres of the source domain, e.g. Comedy,Romance,Drama")
+        ],
+        target_genres: Annotated[
+            str, typer.Option("--target-genres", help="comma-separated genres of the target domain, e.g. Sci-Fi,Action,Thriller")
+        ],
         out: OutOption,
         models: ModelsOption = "popularity,item_knn_cross",
         seeds: SeedsOption = 3,
@@ -140,8 +170,24 @@ def register(app: typer.Typer) -> None:
         negatives: NegativesOption = 999,
         ks: KsOption = "10,20,50",
         dataset: Annotated[str, typer.Option("--dataset", help="atomic file stem")] = "ml-1m",
-        warm_fraction: Annotated[float, typer.Option("--warm-fraction", min=0.01, max=0.49, help="latest share of a warm user's target interactions held out for test (the same share before it: validation)")] = 0.2,
-        cold_start_fraction: Annotated[float, typer.Option("--cold-start-fraction", min=0.0, max=0.9, help="share of users in both domains whose target history is hidden (half validation, half test)")] = 0.1,
+        warm_fraction: Annotated[
+            float,
+            typer.Option(
+                "--warm-fraction",
+                min=0.01,
+                max=0.49,
+                help="latest share of a warm user's target interactions held out for test (the same share before it: validation)",
+            ),
+        ] = 0.2,
+        cold_start_fraction: Annotated[
+            float,
+            typer.Option(
+                "--cold-start-fraction",
+                min=0.0,
+                max=0.9,
+                help="share of users in both domains whose target history is hidden (half validation, half test)",
+            ),
+        ] = 0.1,
         split_seed: Annotated[int, typer.Option("--split-seed", help="seed of the cold-start user draw")] = 0,
         config: ConfigOption = None,
     ) -> None:

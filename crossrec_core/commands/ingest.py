@@ -53,7 +53,14 @@ def register(app: typer.Typer) -> None:
         days: Annotated[int, typer.Option("--days", help="spread the interactions over this many days")] = 14,
         end_date: Annotated[str | None, typer.Option("--end-date", help="last day YYYY-MM-DD (default: yesterday, UTC)")] = None,
         seed: Annotated[int, typer.Option("--seed", help="seed of the synthetic timestamps")] = 0,
-        common_users: Annotated[int | None, typer.Option("--common-users", min=0, help="C: user ids below it are one person in both domains (default: 1 + the largest id of any valid/test file)")] = None,
+        common_users: Annotated[
+            int | None,
+            typer.Option(
+                "--common-users",
+                min=0,
+                help="C: user ids below it are one person in both domains (default: 1 + the largest id of any valid/test file)",
+            ),
+        ] = None,
         config: ConfigOption = None,
         lake: LakeOption = None,
     ) -> None:

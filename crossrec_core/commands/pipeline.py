@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         ds: Annotated[str, typer.Option("--ds", help="run date YYYY-MM-DD")],
-        stages: Annotated[str, typer.Option("--stages", help="comma-separated stages, in order")] = "clean,featurize,train,evaluate,score,publish,report",
+        stages: Annotated[
+            str, typer.Option("--stages", help="comma-separated stages, in order")
+        ] = "clean,featurize,train,evaluate,score,publish,report",
         model: Annotated[str | None, typer.Option("--model", help="model name or 'auto' (overrides config)")] = None,
         k: Annotated[int | None, typer.Option("-k", min=1, help="recommendations per user (overrides config)")] = None,
         retrain: Annotated[bool, typer.Option("--retrain", help="train from scratch, no warm start")] = False,

@@ -60,7 +60,12 @@ def register(app: typer.Typer) -> None:
 
         settings = settings_from(config, lake)
         result = user_recommendations(
-            Lake(settings.lake), user_id, domain or settings.target, ds=parse_ds(ds, settings.ds_range) if ds else None, version=version, k=k
+            Lake(settings.lake),
+            user_id,
+            domain or settings.target,
+            ds=parse_ds(ds, settings.ds_range) if ds else None,
+            version=version,
+            k=k,
         )
         if as_json:
             typer.echo(json.dumps(result.as_dict()))
@@ -82,8 +87,12 @@ def register(app: typer.Typer) -> None:
     def sql(
         query: Annotated[str, typer.Argument(help="one SELECT / WITH / DESCRIBE / SHOW / EXPLAIN statement")],
         output: Annotated[OutputFormat, typer.Option("--format", help="output format")] = OutputFormat.TABLE,
-        timeout: Annotated[float | None, typer.Option("--timeout", help="stop the query after this many seconds (default: config query.timeout_seconds)")] = None,
-        memory_limit: Annotated[str | None, typer.Option("--memory-limit", help="DuckDB memory limit, e.g. 2GB (default: config query.memory_limit)")] = None,
+        timeout: Annotated[
+            float | None, typer.Option("--timeout", help="stop the query after this many seconds (default: config query.timeout_seconds)")
+        ] = None,
+        memory_limit: Annotated[
+            str | None, typer.Option("--memory-limit", help="DuckDB memory limit, e.g. 2GB (default: config query.memory_limit)")
+        ] = None,
         config: ConfigOption = None,
         lake: LakeOption = None,
     ) -> None:
@@ -135,16 +144,26 @@ def register(app: typer.Typer) -> None:
                 table.add_column(column, justify="right" if column in ("version", "rows", "files") else "left")
             for entry in table_versions(the_lake, delta_table, limit):
                 predicate = entry.parameters.get("predicate") or entry.parameters.get("mode") or ""
-                table.add_row(*map(Text, (
-                    str(entry.version), entry.timestamp.strftime("%Y-%m-%d %H:%M:%S"), entry.operation,
-                    str(predicate), str(entry.rows), str(entry.files),
-                )))
+                table.add_row(
+                    *map(
+                        Text,
+                        (
+                            str(entry.version),
+                            entry.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+                            entry.operation,
+                            str(predicate),
+                            str(entry.rows),
+                            str(entry.files),
+                        ),
+                    )
+                )
             console.print(table)
 
     @app.command("status")
     def status(
         domain: Annotated[
-            list[str] | None, typer.Option("--domain", help="domain to check (repeatable; default: the target domain and every domain served)")
+            list[str] | None,
+            typer.Option("--domain", help="domain to check (repeatable; default: the target domain and every domain served)"),
         ] = None,
         max_age_hours: Annotated[
             float | None, typer.Option("--max-age-hours", min=0, help="stale past this age (default: orchestration.stale_after_hours)")
@@ -169,15 +188,17 @@ def register(app: typer.Typer) -> None:
         verdicts = []
         for served in lists:
             age = served.age_hours(now)
-            verdicts.append({
-                "domain": served.domain,
-                "ds": served.ds,
-                "rows": served.rows,
-                "model_version": served.model_version,
-                "published_at": served.published_at.isoformat() if served.published_at else None,
-                "age_hours": None if age is None else round(age, 2),
-                "state": "missing" if age is None else ("stale" if age > limit else "fresh"),
-            })
+            verdicts.append(
+                {
+                    "domain": served.domain,
+                    "ds": served.ds,
+                    "rows": served.rows,
+                    "model_version": served.model_version,
+                    "published_at": served.published_at.isoformat() if served.published_at else None,
+                    "age_hours": None if age is None else round(age, 2),
+                    "state": "missing" if age is None else ("stale" if age > limit else "fresh"),
+                }
+            )
         if as_json:
             typer.echo(json.dumps({"max_age_hours": limit, "lists": verdicts}))
         else:
@@ -185,10 +206,20 @@ def register(app: typer.Typer) -> None:
             for column in ("domain", "ds", "rows", "age (h)", "published (UTC)", "model", "state"):
                 table.add_column(column, justify="right" if column in ("rows", "age (h)") else "left")
             for v in verdicts:
-                table.add_row(*map(Text, (
-                    v["domain"], v["ds"] or "-", f"{v['rows']:,}", "-" if v["age_hours"] is None else f"{v['age_hours']:.1f}",
-                    v["published_at"][:19].replace("T", " ") if v["published_at"] else "-", v["model_version"] or "-", v["state"],
-                )))
+                table.add_row(
+                    *map(
+                        Text,
+                        (
+                            v["domain"],
+                            v["ds"] or "-",
+                            f"{v['rows']:,}",
+                            "-" if v["age_hours"] is None else f"{v['age_hours']:.1f}",
+                            v["published_at"][:19].replace("T", " ") if v["published_at"] else "-",
+                            v["model_version"] or "-",
+                            v["state"],
+                        ),
+                    )
+                )
             console.print(table)
         if any(v["state"] != "fresh" for v in verdicts):
             raise typer.Exit(1)
@@ -232,7 +263,8 @@ def register(app: typer.Typer) -> None:
         for result in compact_tables(Lake(settings_from(config, lake).lake)):
             console.print(
                 f"{result.table}: {result.files_removed} files merged into {result.files_added} (version {result.table_version})",
-                highlight=False, markup=False,
+                highlight=False,
+                markup=False,
             )
 
     @app.command("vacuum")
@@ -255,4 +287,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"{verb} file {path}", highlight=False, markup=False, soft_wrap=True)
         for table_path, table_version in result.delete_commits.items():
             console.print(f"{table_path}: delete committed as version {table_version}", highlight=False, markup=False, soft_wrap=True)
-        console.print(f"{verb} {len(result.removed_partitions)} partitions and {len(result.removed_files)} files", highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"{verb} {len(result.removed_partitions)} partitions and {len(result.removed_files)} files",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )

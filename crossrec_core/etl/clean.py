@@ -345,13 +345,9 @@ def clean(settings: Settings, ds: str, domain: str) -> StageReport:
                 report.rows_out = pads.dataset(staged, format="parquet").count_rows()
                 report.metrics["duplicates_removed"] = removed.get["duplicates"]
                 _check_identity(domain, ds, rows_in, report.rows_out, report.rows_quarantined, report.metrics["duplicates_removed"])
-        report.bytes_out = sum(
-            dir_size(lake.partition_path(table, domain=domain, ds=ds))[0] for table in (CLEAN_INTERACTIONS, QUARANTINE)
-        )
+        report.bytes_out = sum(dir_size(lake.partition_path(table, domain=domain, ds=ds))[0] for table in (CLEAN_INTERACTIONS, QUARANTINE))
         if counts.rows_in and counts.rows_quarantined / counts.rows_in > settings.quarantine_threshold:
             raise QuarantineThresholdError(
-                _threshold_message(
-                    domain, ds, counts, settings.quarantine_threshold, lake.partition_path(QUARANTINE, domain=domain, ds=ds)
-                )
+                _threshold_message(domain, ds, counts, settings.quarantine_threshold, lake.partition_path(QUARANTINE, domain=domain, ds=ds))
             )
         return report

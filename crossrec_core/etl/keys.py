@@ -73,7 +73,5 @@ def append_keys(table: Table, previous: pa.Table, current: pa.Table) -> tuple[pa
 
 def stable_keys(lake: Lake, table: Table, previous_ds: str | None, current: pa.Table) -> tuple[pa.Table, dict[str | None, int]]:
     """The keys of features partition ``previous_ds`` (none if None) extended by ``current``."""
-    previous = (
-        lake.read_parquet_partition(table, ds=previous_ds) if previous_ds else table.arrow_schema().empty_table()
-    )
+    previous = lake.read_parquet_partition(table, ds=previous_ds) if previous_ds else table.arrow_schema().empty_table()
     return append_keys(table, previous, current)

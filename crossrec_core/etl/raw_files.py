@@ -102,8 +102,7 @@ def list_raw_files(partition: Path) -> list[RawFile]:
         fmt = FORMATS.get(Path(name[:-3] if compressed else name).suffix)
         if fmt is None or (compressed and fmt not in COMPRESSIBLE):
             raise RawInputError(
-                f"{path}: unsupported raw file type; expected .parquet, .csv, .jsonl or .json "
-                "(CSV and JSON Lines may be .gz-compressed)"
+                f"{path}: unsupported raw file type; expected .parquet, .csv, .jsonl or .json (CSV and JSON Lines may be .gz-compressed)"
             )
         files.append(RawFile(path, fmt, path.stat().st_size))
     return files
@@ -225,7 +224,12 @@ def _parquet_text(column: str, arrow_type: pa.DataType) -> tuple[Column, Column]
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
     is_id = column in ID_COLUMNS
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+    if (
+        pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or pa.types.is_binary(arrow_type)
+        or pa.types.is_large_binary(arrow_type)
+    ):
         return F.make_valid_utf8(value.cast("string")), F.lit(False)
     if pa.types.is_timestamp(arrow_type) and arrow_type.unit == "ns":
         text = F.timestamp_micros(F.expr(f"`{column}` div 1000")).cast("string")
@@ -234,7 +238,11 @@ def _parquet_text(column: str, arrow_type: pa.DataType) -> tuple[Column, Column]
         return value.cast("string"), F.lit(False)
     if is_id and (pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type)):
         whole = (value % 1 == 0) & (F.abs(value) <= LARGEST_EXACT_FLOAT_ID)
-        integer = value.cast("long") if pa.types.is_floating(arrow_type) else value.cast(f"decimal({max(arrow_type.precision - arrow_type.scale, 1)},0)")
+        integer = (
+            value.cast("long")
+            if pa.types.is_floating(arrow_type)
+            else value.cast(f"decimal({max(arrow_type.precision - arrow_type.scale, 1)},0)")
+        )
         return F.when(whole, integer.cast("string")).otherwise(value.cast("string")), ~whole
     return value.cast("string"), F.lit(is_id)
 

@@ -206,7 +206,9 @@ def corrupt(table: pa.Table, kinds: tuple[BadKind, ...], bad_fraction: float, rn
     # 10 KB ids are few (a handful per file), else they would be most of the bytes
     n_oversize = min(MAX_OVERSIZE_PER_FILE, n_bad // len(kinds))
     others = np.array([TEXT_BAD_KINDS.index(k) for k in kinds if k is not BadKind.OVERSIZE_ID])
-    codes = np.concatenate([others[np.arange(n_bad - n_oversize) % len(others)], np.full(n_oversize, TEXT_BAD_KINDS.index(BadKind.OVERSIZE_ID))])
+    codes = np.concatenate(
+        [others[np.arange(n_bad - n_oversize) % len(others)], np.full(n_oversize, TEXT_BAD_KINDS.index(BadKind.OVERSIZE_ID))]
+    )
     kind_of[rng.choice(n, size=n_bad, replace=False)] = rng.permutation(codes)
 
     user = _replace(table["user_id"], kind_of, BadKind.MISSING_USER_ID, None)
@@ -328,8 +330,15 @@ def generate_demo_data(
             log.info("demo-data %s %s: %d events", domain, ds_of_day(day), events.num_rows)
         active[domain] = seen_users
         landed = DomainSummary(
-            domain=domain, days=days, first_ds=ds_of_day(all_days[0]), last_ds=end_date, rows=rows,
-            users=int(seen_users.sum()), items=int(seen_items.sum()), bytes=size, files=2 * days,
+            domain=domain,
+            days=days,
+            first_ds=ds_of_day(all_days[0]),
+            last_ds=end_date,
+            rows=rows,
+            users=int(seen_users.sum()),
+            items=int(seen_items.sum()),
+            bytes=size,
+            files=2 * days,
         )
         log_landed(landed, time.perf_counter() - domain_clock)
         summary.domains.append(landed)

@@ -168,8 +168,15 @@ def import_events(lake: Lake, paths: list[Path], domain: str, ds: str, ds_range:
         report.rows_out, report.bytes_out = report.rows_in, report.bytes_in
         report.metrics["files"] = {f.path.name: {"format": f.format, "records": f.records, "bytes": f.bytes} for f in files}
         summary = DomainSummary(
-            domain=domain, days=1, first_ds=ds, last_ds=ds, rows=report.rows_in,
-            users=None, items=None, bytes=report.bytes_in, files=len(files),
+            domain=domain,
+            days=1,
+            first_ds=ds,
+            last_ds=ds,
+            rows=report.rows_in,
+            users=None,
+            items=None,
+            bytes=report.bytes_in,
+            files=len(files),
         )
     return ImportSummary(
         domains=[summary],

@@ -93,7 +93,10 @@ def warn_other_partitions(lake: Lake, domain: str, landed: set[str]) -> None:
     if others:
         log.warning(
             "raw %s also holds %d day(s) this import did not write (%s .. %s); they are left as they were",
-            domain, len(others), others[0], others[-1],
+            domain,
+            len(others),
+            others[0],
+            others[-1],
         )
 
 
@@ -133,6 +136,12 @@ def land_daily(lake: Lake, domain: str, rows: pa.Table, day: np.ndarray, file_na
 def log_landed(summary: DomainSummary, seconds: float) -> None:
     log.info(
         "raw %s: wrote %d rows (%d bytes, %d files) in %d day(s) %s .. %s, %.2f s",
-        summary.domain, summary.rows, summary.bytes, summary.files, summary.days,
-        summary.first_ds, summary.last_ds, seconds,
+        summary.domain,
+        summary.rows,
+        summary.bytes,
+        summary.files,
+        summary.days,
+        summary.first_ds,
+        summary.last_ds,
+        seconds,
     )

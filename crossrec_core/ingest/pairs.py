@@ -35,6 +35,7 @@ import pyarrow.csv as pacsv
 
 from crossrec_core.contracts import HOLDOUT, HOLDOUT_SPLITS
 from crossrec_core.datasets import common_user_count, pair_user_ids
+from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.ingest.landing import (
     SECONDS_PER_DAY,
     ImportSummary,
@@ -46,7 +47,6 @@ from crossrec_core.ingest.landing import (
     yesterday_utc,
 )
 from crossrec_core.lake import Lake
-from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.pipeline import parse_ds
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,10 @@ def import_pairs(
     folders = {source: _domain_folder(directory, source, target), target: _domain_folder(directory, target, source)}
     if common_users is None:
         common_users = common_user_count(list(folders.values()))
-    train = {domain: _with_pair_user_ids(read_pairs(folder / TRAIN_FILE), folder / TRAIN_FILE, domain, common_users) for domain, folder in folders.items()}
+    train = {
+        domain: _with_pair_user_ids(read_pairs(folder / TRAIN_FILE), folder / TRAIN_FILE, domain, common_users)
+        for domain, folder in folders.items()
+    }
     train_users = {domain: pc.unique(table["user_id"]) for domain, table in train.items()}
 
     summary = ImportSummary(domains=[])
@@ -140,9 +143,7 @@ def import_pairs(
         )
         summary.domains.append(land_daily(lake, domain, raw, day, file_name="train.parquet"))
     summary.details["common users (C: ids below it are one person in both domains)"] = common_users
-    summary.details["users in both domains (train)"] = int(
-        pc.sum(pc.is_in(train_users[source], value_set=train_users[target])).as_py()
-    )
+    summary.details["users in both domains (train)"] = int(pc.sum(pc.is_in(train_users[source], value_set=train_users[target])).as_py())
 
     for domain, folder in folders.items():
         other = target if domain == source else source

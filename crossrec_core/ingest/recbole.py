@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.ingest.landing import (
     SECONDS_PER_DAY,
     ImportSummary,
@@ -31,7 +32,6 @@ from crossrec_core.ingest.landing import (
     line_ids,
 )
 from crossrec_core.lake import Lake
-from crossrec_core.errors import InputError, MissingDataError
 
 EVENT_TYPE = "rating"
 INTER_FIELDS = ["user_id", "item_id", "rating", "timestamp"]
@@ -85,8 +85,7 @@ def _epoch_seconds(path: Path, timestamps: pa.ChunkedArray) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputError(
-            f"{path}: line {row + 2}: timestamp {timestamps[row].as_py()!r} is not a number of seconds "
-            f"({int(bad.sum())} such lines)"
+            f"{path}: line {row + 2}: timestamp {timestamps[row].as_py()!r} is not a number of seconds ({int(bad.sum())} such lines)"
         )
     return np.floor(pc.cast(pc.utf8_trim_whitespace(timestamps), pa.float64()).to_numpy()).astype(np.int64)
 

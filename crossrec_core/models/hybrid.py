@@ -43,7 +43,7 @@ from crossrec_core.batches import batch_key
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet
 from crossrec_core.models.base import dot_scores
-from crossrec_core.models.encoders import TEMPERATURE, DANN
+from crossrec_core.models.encoders import DANN, TEMPERATURE
 from crossrec_core.models.item_knn import csr_tensor, multi_hot, pair_lookup, top_contributors
 from crossrec_core.models.mf import shared_candidate_logits, shared_softmax_loss
 
@@ -125,10 +125,14 @@ class Hybrid(DANN):
         items, present = self._memory_history(user_keys)
         counts = present.sum(1)
         history = csr_tensor(
-            torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]), items[present], torch.ones(int(counts.sum()), device=items.device),
+            torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]),
+            items[present],
+            torch.ones(int(counts.sum()), device=items.device),
             size=(len(user_keys), len(self.memory_indptr) - 1),
         )
-        memory = csr_tensor(self.memory_indptr, self.memory_indices, self.memory_weights().detach(), size=(len(self.memory_indptr) - 1, len(self.item_bias)))
+        memory = csr_tensor(
+            self.memory_indptr, self.memory_indices, self.memory_weights().detach(), size=(len(self.memory_indptr) - 1, len(self.item_bias))
+        )
         return torch.sparse.mm(history, memory).to_dense()
 
     def cross_domain_loss(

@@ -101,9 +101,7 @@ def pair_lookup(codes: torch.Tensor, n_columns: int, indptr: torch.Tensor, indic
     return position, found
 
 
-def top_contributors(
-    history: torch.Tensor, present: torch.Tensor, item_keys: torch.Tensor, weight_of, n: int
-) -> torch.Tensor:
+def top_contributors(history: torch.Tensor, present: torch.Tensor, item_keys: torch.Tensor, weight_of, n: int) -> torch.Tensor:
     """[users, k, n] history items with the largest positive weight towards each of
     ``item_keys`` [users, k] (-1 where fewer have one); ``weight_of(history_items,
     target_items)`` gives the item-to-item weights of equally shaped key tensors (0
@@ -234,7 +232,12 @@ class EaseCross(ItemToItemModel):
         weights = ridge_weights(x, y, l2, self.settings.linear_keep)
         log.info(
             "ease_cross: lambda %g over %d users active in both domains, %d x %d weights kept %d, %.1f s",
-            l2, len(both), x.shape[1], y.shape[1], weights.nnz, time.perf_counter() - started,
+            l2,
+            len(both),
+            x.shape[1],
+            y.shape[1],
+            weights.nnz,
+            time.perf_counter() - started,
         )
         return weights
 
@@ -262,7 +265,11 @@ def ridge_weights(x: sp.csr_matrix, y: sp.csr_matrix, l2: float, keep: int) -> s
         solution = _conjugate_gradients(lambda z: operator_t @ (operator @ z) + np.float32(l2) * z, rhs, diagonal)
         if over_users:
             solution = x_t @ solution
-        top = np.argpartition(-np.abs(solution), keep - 1, axis=0)[:keep] if keep < n_source else np.arange(n_source)[:, None].repeat(stop - start, 1)
+        top = (
+            np.argpartition(-np.abs(solution), keep - 1, axis=0)[:keep]
+            if keep < n_source
+            else np.arange(n_source)[:, None].repeat(stop - start, 1)
+        )
         rows.append(top.ravel())
         columns.append(np.broadcast_to(np.arange(start, stop), top.shape).ravel())
         values.append(np.take_along_axis(solution, top, axis=0).ravel())

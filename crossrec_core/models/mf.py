@@ -73,7 +73,9 @@ def in_domain_loss(model: Recommender, user_vectors, item_vectors, batch: dict[s
     loss = torch.zeros(())
     for domain in model.train_domains:
         users = batch[batch_key("users", domain)]
-        term = ranking_loss(user_vectors(domain, users), item_vectors(domain, candidates(batch, domain)), batch[batch_key("weights", domain)])
+        term = ranking_loss(
+            user_vectors(domain, users), item_vectors(domain, candidates(batch, domain)), batch[batch_key("weights", domain)]
+        )
         loss = loss.to(term.device) + domain_weight(model, domain) * term
     return loss
 
