@@ -18,8 +18,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/crossrec demo
 
-## The test suite (what CI runs).
+## The test suite (what CI runs): lint, format check, types, then the tests.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## Airflow's UI on 127.0.0.1:8080 with the crossrec DAG (after `make run`).

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -102,7 +103,7 @@ class SparkSettings(_Section):
 
 class ModelSettings(_Section):
     name: ModelName | Literal["auto"]
-    candidates: list[ModelName]
+    candidates: list[ModelName] = Field(min_length=1, description="what model: auto fits and keeps the best of, on validation")
     dim: int = Field(ge=1, le=4096)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -139,7 +140,7 @@ class GateSettings(_Section):
 
 
 # The DAG's tasks that run a stage (the raw-data sensors have their own timeout, raw_wait_minutes).
-TIMED_TASKS = Literal["clean", "featurize", "train", "evaluate", "gate", "score", "publish", "report"]
+TimedTask = Literal["clean", "featurize", "train", "evaluate", "gate", "score", "publish", "report"]
 
 
 class OrchestrationSettings(_Section):
@@ -155,7 +156,7 @@ class OrchestrationSettings(_Section):
     max_retry_delay_seconds: float = Field(ge=0)
     spark_conn_id: str = Field(min_length=1)
     torch_queue: str | None = Field(description="Airflow queue of the train and score tasks (a GPU worker); None: default queue")
-    stage_timeout_minutes: dict[Literal[TIMED_TASKS], PositiveFloat] = Field(
+    stage_timeout_minutes: dict[TimedTask, PositiveFloat] = Field(
         description="execution_timeout of each task; a task past it is killed (with its child processes) and retried"
     )
     dagrun_timeout_minutes: float = Field(gt=0, description="a whole night past this is failed, so it cannot block later nights")
@@ -168,7 +169,7 @@ class OrchestrationSettings(_Section):
     @field_validator("stage_timeout_minutes")
     @classmethod
     def _every_task_timed(cls, timeouts: dict[str, float]) -> dict[str, float]:
-        missing = sorted(set(get_args(TIMED_TASKS)) - set(timeouts))
+        missing = sorted(set(get_args(TimedTask)) - set(timeouts))
         if missing:
             raise ValueError(f"no timeout for {missing}")
         return timeouts
@@ -262,7 +263,7 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     return data
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(root)"
     message = error["msg"]
     if error["type"] == "extra_forbidden":

@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -93,7 +93,7 @@ def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
 
 
 PairSplit = Literal["cdrib", "disjoint"]
-PAIR_SPLITS: tuple[str, ...] = ("cdrib", "disjoint")
+PAIR_SPLITS: tuple[PairSplit, ...] = get_args(PairSplit)
 
 
 def pair_folders(directory: Path, source: str, target: str) -> dict[str, Path]:
@@ -209,15 +209,15 @@ def load_pairs(directory: str | Path, source: str, target: str, split: PairSplit
             _binary(sum(matrix(target, name, halves[part][name]) for name in HOLDOUT_SPLITS)) for part in ("valid", "test")
         )
         known = None
-    common = {
-        "source": source,
-        "target": target,
-        "user_ids": user_ids,
-        "item_ids": {d: np.arange(n).astype(str).astype(object) for d, n in n_items.items()},
-        "train": train,
-    }
-    valid = FeatureSet(**common, holdout={Segment.COLD_START: valid_holdout})
-    test = FeatureSet(**common, holdout={Segment.COLD_START: test_holdout}, known=known)
+    valid = FeatureSet(
+        source=source,
+        target=target,
+        user_ids=user_ids,
+        item_ids={d: np.arange(n).astype(str).astype(object) for d, n in n_items.items()},
+        train=train,
+        holdout={Segment.COLD_START: valid_holdout},
+    )
+    test = replace(valid, holdout={Segment.COLD_START: test_holdout}, known=known)
     overlapping = int(np.sum((np.diff(train[source].indptr) > 0) & warm))
     log.info(
         "loaded %s -> %s from %s (%s split, C=%d common users): %d users, %d active in both domains, %s train "
@@ -332,20 +332,17 @@ def load_recbole(
     def target_recency(mask: np.ndarray) -> sp.csr_matrix:
         return _latest_times((n_users, n_target), t_user[mask], t_item[mask], t_time[mask])
 
-    common = {
-        "source": source,
-        "target": target,
-        "user_ids": user_ids.astype(object),
-        "item_ids": {name: ids.astype(object) for name, ids in item_ids.items()},
-    }
     valid = FeatureSet(
-        **common,
+        source=source,
+        target=target,
+        user_ids=user_ids.astype(object),
+        item_ids={name: ids.astype(object) for name, ids in item_ids.items()},
         train={source: source_train, target: target_matrix(base_train)},
         holdout={Segment.WARM: target_matrix(warm_valid), Segment.COLD_START: target_matrix(cold_split[t_user] == 1)},
         recency={source: source_recency, target: target_recency(base_train)},
     )
-    test = FeatureSet(
-        **common,
+    test = replace(
+        valid,
         train={source: source_train, target: target_matrix(base_train | warm_valid)},
         holdout={Segment.WARM: target_matrix(warm_test), Segment.COLD_START: target_matrix(cold_split[t_user] == 2)},
         recency={source: source_recency, target: target_recency(base_train | warm_valid)},

@@ -117,7 +117,7 @@ def start_ui(settings: Settings, airflow_home: Path) -> None:
     subprocess.call(airflow("standalone"), env=env, cwd=REPO)
 
 
-def report_rows(reports) -> list[tuple[str, ...]]:
+def report_rows(reports) -> list[tuple[str, str, str, str, str, str, str]]:
     """The run_reports rows of one night as display strings, in run order."""
     rows = []
     for r in reports.to_pylist():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 RANKING_METRICS = {"ndcg": ndcg_at_k, "recall": recall_at_k, "hr": hit_rate_at_k, "mrr": mrr_at_k}
 ALL_SEGMENTS = "all"
 Protocol = Literal["full", "sampled"]
+PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
 
 
 def _device_of(model: Recommender, device: str | torch.device | None) -> torch.device:

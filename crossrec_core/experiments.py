@@ -28,7 +28,7 @@ from rich.console import Console
 from crossrec_core.config import ModelSettings
 from crossrec_core.datasets import Splits
 from crossrec_core.errors import InputError
-from crossrec_core.evaluation import evaluate_model
+from crossrec_core.evaluation import Protocol, evaluate_model
 from crossrec_core.models.base import Recommender
 
 RESULTS_JSON, RESULTS_MD, CHART_PNG = "results.json", "results.md", "ndcg_at_10.png"
@@ -69,7 +69,7 @@ def run_experiment(
     models: Sequence[str],
     seeds: Sequence[int],
     model_settings: ModelSettings,
-    protocols: Sequence[str] = ("full", "sampled"),
+    protocols: Sequence[Protocol] = ("full", "sampled"),
     ks: Sequence[int] = (10, 20, 50),
     n_negatives: int = 999,
     console: Console | None = None,

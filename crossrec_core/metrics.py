@@ -119,7 +119,7 @@ def ndcg_at_k(recommended: np.ndarray, relevant, k: int) -> float:
 def hit_rate_at_k(recommended: np.ndarray, relevant, k: int) -> float:
     """Share of users with at least one relevant item in their top k."""
     hits, _ = hits_at_k(recommended, relevant, k)
-    return _mean(hits.any(1).astype(np.float64))
+    return _mean(np.asarray(hits.any(1), dtype=np.float64))
 
 
 def mrr_at_k(recommended: np.ndarray, relevant, k: int) -> float:

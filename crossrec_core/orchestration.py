@@ -35,7 +35,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, BaseHook, BaseOperator, BaseSensorOperator, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException, AirflowSensorTimeout
 
-from crossrec_core.config import DOMAIN_NAME_PATTERN, MODEL_NAMES, Settings
+from crossrec_core.config import DOMAIN_NAME_PATTERN, MODEL_NAMES, Settings, TimedTask
 from crossrec_core.errors import EXPECTED_FAILURE_EXIT
 from crossrec_core.spark import DRIVER_JAVA_OPTIONS
 
@@ -62,7 +62,7 @@ PARAM_TEMPLATES = {
 
 def dag_params(settings: Settings) -> dict[str, Param]:
     """Params of a manual trigger, validated by Airflow (JSON schema) before the run starts."""
-    domain_schema = {"type": "string", "pattern": DOMAIN_NAME_PATTERN.pattern}
+    domain_schema: dict[str, Any] = {"type": "string", "pattern": DOMAIN_NAME_PATTERN.pattern}
     return {
         "ds": Param(
             None,
@@ -115,7 +115,7 @@ def dag_macros() -> dict[str, Any]:
     return {"crossrec_ds": resolve_ds}
 
 
-def task_timeout(settings: Settings, task: str) -> timedelta:
+def task_timeout(settings: Settings, task: TimedTask) -> timedelta:
     return timedelta(minutes=settings.orchestration.stage_timeout_minutes[task])
 
 
@@ -197,6 +197,7 @@ def follow_job(process: subprocess.Popen, stage: str, ds: str) -> None:
     """Stream the job's output to the task log and raise for its exit code. Whatever
     interrupts the wait (a timeout, a signal) stops the job's process group first."""
     last_lines: list[str] = []
+    assert process.stdout is not None  # start_job pipes it
     try:
         for line in process.stdout:
             log.info("%s", line.rstrip())
@@ -215,7 +216,7 @@ def stop_job(process: subprocess.Popen, grace_seconds: float = KILL_GRACE_SECOND
         os.killpg(group, signal.SIGTERM)
     except ProcessLookupError:
         return  # the job and everything it started are gone already
-    log.warning("stopping the process group %d of %s", group, process.args[1] if len(process.args) > 1 else process.args)
+    log.warning("stopping the process group %d of %s", group, process.args)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace_seconds)
     with contextlib.suppress(ProcessLookupError):
@@ -270,7 +271,7 @@ class StageSparkSubmitOperator(SparkSubmitOperator):
             raise
 
 
-def spark_stage(settings: Settings, stage: str, domain: str | None = None, **kwargs: Any) -> StageSparkSubmitOperator:
+def spark_stage(settings: Settings, stage: TimedTask, domain: str | None = None, **kwargs: Any) -> StageSparkSubmitOperator:
     """The spark-submit task of a Spark stage (master from the ``spark_default`` connection;
     the driver's address and shuffle partitions from ``settings.spark``, see spark_session)."""
     return StageSparkSubmitOperator(

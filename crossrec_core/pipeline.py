@@ -62,7 +62,7 @@ def stage_function(name: str) -> Callable[..., StageReport]:
 def run_stages(settings: Settings, ds: str, stages: list[str]) -> list[StageReport]:
     """Run ``stages`` in order for one ds, per-domain stages once per domain."""
     ds = parse_ds(ds, settings.ds_range)
-    reports = []
+    reports: list[StageReport] = []
     for name in stages:
         function = stage_function(name)
         if name in PER_DOMAIN_STAGES:

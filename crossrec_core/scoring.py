@@ -270,7 +270,9 @@ def _score_with_spark(settings: Settings, scorer: RunScorer, users: pa.Table, ou
 
         from crossrec_core.training import resolve_device
 
-        torch.set_num_threads(max(1, TaskContext.get().cpus()))  # one task per core: don't oversubscribe
+        task = TaskContext.get()
+        assert task is not None  # this runs inside a Spark task
+        torch.set_num_threads(max(1, task.cpus()))  # one task per core: don't oversubscribe
         partition_scorer = shared.value.to(resolve_device(device_setting))
         for batch in batches:
             yield partition_scorer.score(batch)

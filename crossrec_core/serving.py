@@ -463,6 +463,8 @@ def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResu
     for table in (SCORES, MODEL_FILES):
         partitions = lake.parquet_partitions(table)
         cutoff = _cutoff((p["ds"] for p in partitions), keep_days)
+        if cutoff is None:
+            continue  # nothing stored
         for partition in partitions:
             if partition["ds"] >= cutoff or (table is MODEL_FILES and model_version(**partition) in served):
                 continue

@@ -398,6 +398,7 @@ def train_stage(settings: Settings, ds: str) -> StageReport:
             scores[name] = history.best_score
             if best is None or (history.best_score or -math.inf) > (best[1].best_score or -math.inf):
                 best = (model, history)
+        assert best is not None  # settings refuse an empty candidate list
         model, history = best
         card = {
             **data_card(features),

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-import click
 import typer
 
 from crossrec_core.commands.common import ConfigOption, console, err_console, settings_from
@@ -25,6 +24,8 @@ UnmaskedOption = Annotated[
     ),
 ]
 SeedsOption = Annotated[int, typer.Option("--seeds", min=1, help="runs per model; seeds are the config's model.seed + 0, 1, ...")]
+Choice = TypeVar("Choice", bound=str)
+
 OutOption = Annotated[Path, typer.Option("--out", help="output directory: results.json, results.md, ndcg_at_10.png")]
 ProtocolOption = Annotated[str, typer.Option("--protocol", help="comma-separated: full (all items ranked), sampled (N negatives)")]
 EpochsOption = Annotated[int | None, typer.Option("--epochs", min=1, help="cap on training epochs (overrides config model.epochs)")]
@@ -45,7 +46,7 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in [*parts, current] if part.strip()]
 
 
-def _command_line(ctx: click.Context) -> str:
+def _command_line(ctx: typer.Context) -> str:
     """The invocation, rebuilt from the parsed parameters (for the results' provenance)."""
     parts = [ctx.command_path]
     for param in ctx.command.params:
@@ -59,8 +60,17 @@ def _command_line(ctx: click.Context) -> str:
     return " ".join(parts)
 
 
+def _choices(text: str, allowed: tuple[Choice, ...], option: str) -> list[Choice]:
+    """The comma-separated values of ``option``, each one of ``allowed``."""
+    given = _split(text)
+    chosen = [choice for value in given for choice in allowed if choice == value]
+    if not given or len(chosen) != len(given):
+        raise typer.BadParameter(f"{option} takes {' and/or '.join(allowed)}, comma separated, got {text!r}")
+    return chosen
+
+
 def _run(
-    ctx: click.Context,
+    ctx: typer.Context,
     splits,
     dataset: str,
     models: str,
@@ -73,12 +83,10 @@ def _run(
     config,
     unmasked: bool = False,
 ) -> None:
+    from crossrec_core.evaluation import PROTOCOLS
     from crossrec_core.experiments import run_experiment, write_results
 
-    protocols = _split(protocol)
-    bad = [p for p in protocols if p not in ("full", "sampled")]
-    if bad or not protocols:
-        raise typer.BadParameter(f"--protocol takes full and/or sampled, got {protocol!r}")
+    protocols = _choices(protocol, PROTOCOLS, "--protocol")
     if not _split(ks) or not all(k.isdigit() and int(k) > 0 for k in _split(ks)):
         raise typer.BadParameter(f"--ks takes positive whole numbers, comma separated, got {ks!r}")
     cutoffs = [int(k) for k in _split(ks)]
@@ -144,10 +152,7 @@ def register(app: typer.Typer) -> None:
         split's validation users tune and early-stop, its test users are reported."""
         from crossrec_core.datasets import PAIR_SPLITS, load_pairs
 
-        chosen = _split(split)
-        if not chosen or any(s not in PAIR_SPLITS for s in chosen):
-            raise typer.BadParameter(f"--split takes {', '.join(PAIR_SPLITS)}, got {split!r}")
-        for name in chosen:
+        for name in _choices(split, PAIR_SPLITS, "--split"):
             splits = load_pairs(directory, source, target, split=name, common_users=common_users)
             dataset = f"{directory} ({source} -> {target}, {name} split)"
             _run(ctx, splits, dataset, models, seeds, out / name, protocol, epochs, negatives, ks, config, unmasked)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table as RichTable
@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
         lists = served_lists(Lake(settings.lake), domain or [settings.target])
         if domain:
             lists = [served for served in lists if served.domain in domain]
-        verdicts = []
+        verdicts: list[dict[str, Any]] = []
         for served in lists:
             age = served.age_hours(now)
             verdicts.append(

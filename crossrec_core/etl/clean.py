@@ -217,7 +217,8 @@ def _file_splits(raw: DataFrame) -> tuple[int, list[_FileSplit]]:
     from pyspark.sql import functions as F
 
     splits = raw.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("rows"), F.min("row_id").alias("first_row_id"))
-    numbered, rows_before = [], Counter()
+    numbered: list[_FileSplit] = []
+    rows_before: Counter[str] = Counter()
     for split in sorted(splits.collect(), key=lambda s: (s.file_path, s.block_start)):  # one entry per split: small
         numbered.append((split.file_path, split.block_start, split.first_row_id, rows_before[split.file_path], local_name(split.file_path)))
         rows_before[split.file_path] += split.rows

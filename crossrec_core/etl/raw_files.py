@@ -132,7 +132,7 @@ def _check_columns(path: Path, names: list[str]) -> None:
         raise RawInputError(f"{path}: column(s) {repeated} appear more than once in the header")
 
 
-def _with_origin(frame: DataFrame, values: dict[str, object], raw_record: object, bad_id_type: object) -> DataFrame:
+def _with_origin(frame: DataFrame, values: dict[str, Column], raw_record: Column | None, bad_id_type: Column) -> DataFrame:
     """The common shape of every reader: raw columns as strings, raw line, id type check, file, split."""
     from pyspark.sql import functions as F
 
@@ -159,10 +159,10 @@ def _read_csv(spark: SparkSession, files: list[RawFile]) -> Iterable[DataFrame]:
             continue
         _check_columns(raw.path, header)
         by_header[tuple(header)].append(raw)
-    for header, group in by_header.items():
+    for columns, group in by_header.items():
         # Columns are bound by position, every one a string; fields carry the header's own
         # names where they are usable, so Spark's header check has nothing to warn about.
-        names = [name if name and header.count(name) == 1 and name != CORRUPT_COLUMN else f"_c{i}" for i, name in enumerate(header)]
+        names = [name if name and columns.count(name) == 1 and name != CORRUPT_COLUMN else f"_c{i}" for i, name in enumerate(columns)]
         schema = T.StructType([T.StructField(n, T.StringType()) for n in (*names, CORRUPT_COLUMN)])
         frame = (
             spark.read.schema(schema)
@@ -176,7 +176,7 @@ def _read_csv(spark: SparkSession, files: list[RawFile]) -> Iterable[DataFrame]:
             )
             .csv([_spark_path(f.path) for f in group])
         )
-        positions = {name: F.col(f"`{field}`") for name, field in zip(header, names, strict=True) if name in RAW_COLUMNS}
+        positions = {name: F.col(f"`{field}`") for name, field in zip(columns, names, strict=True) if name in RAW_COLUMNS}
         yield _with_origin(frame, positions, F.col(CORRUPT_COLUMN), F.lit(False))
 
 

@@ -260,7 +260,9 @@ def jsonl_gz_bytes(table: pa.Table, kind_of: np.ndarray) -> bytes:
     """Gzipped JSON Lines; ts as ISO-8601; a malformed line is a cut-off object."""
     good, malformed = _text_rows(table, kind_of, iso_utc(table["ts"].to_numpy()))
     cut_off = pc.binary_join_element_wise('{"user_id": "', malformed["user_id"], '", "item_id": ', "")
-    text = pl.from_arrow(good).write_ndjson().encode() + _lines(cut_off)
+    frame = pl.from_arrow(good)
+    assert isinstance(frame, pl.DataFrame)  # a table gives a frame (a bare array a Series)
+    text = frame.write_ndjson().encode() + _lines(cut_off)
     return gzip.compress(text, compresslevel=1, mtime=0)  # fast; mtime=0: the same seed gives the same bytes
 
 

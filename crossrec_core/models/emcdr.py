@@ -25,7 +25,7 @@ from crossrec_core.batches import batch_key
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet
 from crossrec_core.models.base import Recommender
-from crossrec_core.models.mf import embedding_table, in_domain_loss, shared_ranking_loss
+from crossrec_core.models.mf import embedding_table, in_domain_loss, shared_ranking_loss, table_weight
 
 
 class EMCDR(Recommender):
@@ -57,7 +57,7 @@ class EMCDR(Recommender):
         return torch.where(cold[:, None], mapped, own)
 
     def item_vectors(self, domain: str) -> torch.Tensor:
-        return self.items[domain].weight
+        return table_weight(self.items, domain)
 
     def shared_negatives(self) -> dict[str, int]:
         return {self.target: self.settings.cross_negatives}
@@ -67,4 +67,4 @@ class EMCDR(Recommender):
         target_users = batch[batch_key("users", self.target)]
         overlap = torch.nonzero(self._has_history(self.source, target_users)).squeeze(1)
         mapped = self.mapping(self.users[self.source](target_users[overlap]).detach())
-        return loss + shared_ranking_loss(mapped, self.items[self.target].weight, batch, self.target, overlap)
+        return loss + shared_ranking_loss(mapped, table_weight(self.items, self.target), batch, self.target, overlap)

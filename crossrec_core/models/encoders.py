@@ -48,7 +48,7 @@ from crossrec_core.batches import batch_key, padded_histories
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet
 from crossrec_core.models.base import Recommender
-from crossrec_core.models.mf import candidates, domain_weight, embedding_table, ranking_loss, shared_ranking_loss
+from crossrec_core.models.mf import candidates, domain_weight, embedding_table, ranking_loss, shared_ranking_loss, table_weight
 
 TEMPERATURE = 0.1
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the mean squared distance
@@ -133,7 +133,7 @@ class AlignedHistoryModel(Recommender):
         return getattr(self, f"history_weights_{domain}")[user_keys, 0] > 0
 
     def unit_items(self, domain: str) -> torch.Tensor:
-        return F.normalize(self.items[domain].weight, dim=-1)
+        return F.normalize(table_weight(self.items, domain), dim=-1)
 
     def encode(
         self,
@@ -173,6 +173,7 @@ class AlignedHistoryModel(Recommender):
         vectors = F.embedding(items, table)  # [B, L, d]
         totals = weights.sum(1, keepdim=True)
         mean = (weights[:, :, None] * vectors).sum(1) / totals.clamp_min(1e-6)
+        assert self.attention is not None
         pooled = self.attention(vectors, weights, mean)
         return self.encoder(torch.where(totals > 1e-6, pooled, torch.zeros_like(pooled)))
 
@@ -194,10 +195,10 @@ class AlignedHistoryModel(Recommender):
         return self.unit_items(domain)
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = torch.zeros((), device=self.encoder.transform[0].weight.device)
+        unit_tables = {domain: self.unit_items(domain) for domain in self.train_domains}
+        loss = torch.zeros((), device=unit_tables[self.target].device)
         built: dict[str, torch.Tensor] = {}
         scored: dict[str, torch.Tensor] = {}
-        unit_tables = {domain: self.unit_items(domain) for domain in self.train_domains}
         for domain in self.train_domains:
             unit = unit_tables[domain]
             users, positives = batch[batch_key("users", domain)], batch[batch_key("positives", domain)]
@@ -250,7 +251,7 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     samples = torch.cat([x, y])
     distances = torch.cdist(samples, samples).square()
     scale = distances.detach().mean().clamp_min(1e-6)
-    kernel = sum(torch.exp(-distances / (scale * b)) for b in MMD_BANDWIDTHS)
+    kernel = torch.stack([torch.exp(-distances / (scale * b)) for b in MMD_BANDWIDTHS]).sum(0)
     n = len(x)
     return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
 

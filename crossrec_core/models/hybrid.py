@@ -73,6 +73,10 @@ class Hybrid(DANN):
     name = "hybrid"
     fitted_tensors = ("memory_indptr", "memory_indices", "memory_counts", "memory_values", "memory_user_share")
     not_warm_started = fitted_tensors
+    memory_indptr: torch.Tensor
+    memory_indices: torch.Tensor
+    memory_counts: torch.Tensor
+    memory_user_share: torch.Tensor
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)

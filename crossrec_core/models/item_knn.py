@@ -128,6 +128,10 @@ class ItemToItemModel(Recommender):
 
     learned = False
     fitted_tensors = ("weights_indptr", "weights_indices", "weights_values")
+    weights_indptr: torch.Tensor
+    weights_indices: torch.Tensor
+    weights_values: torch.Tensor
+    n_target_items: torch.Tensor
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)

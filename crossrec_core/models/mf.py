@@ -29,6 +29,13 @@ def embedding_table(rows: int, dim: int) -> nn.Embedding:
     return table
 
 
+def table_weight(tables: nn.ModuleDict, domain: str) -> torch.Tensor:
+    """The weight of one domain's embedding table (a ModuleDict hands out plain Modules)."""
+    table = tables[domain]
+    assert isinstance(table, nn.Embedding)
+    return table.weight
+
+
 def ranking_loss(user_vectors: torch.Tensor, candidate_vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted sampled softmax: each row's positive (candidate 0) against its sampled
     negatives (candidates 1..N), cross-entropy over the N + 1 dot products.
@@ -117,7 +124,7 @@ class SharedUserMF(Recommender):
 
     def item_vectors(self, domain: str) -> torch.Tensor:
         self._check_domain(domain)
-        return self.items[domain].weight
+        return table_weight(self.items, domain)
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return in_domain_loss(self, lambda domain, users: self.users(users), lambda domain, keys: self.items[domain](keys), batch)

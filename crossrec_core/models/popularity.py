@@ -21,6 +21,7 @@ class Popularity(Recommender):
     name = "popularity"
     learned = False
     fitted_tensors = ("item_popularity",)
+    item_popularity: torch.Tensor
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)
