@@ -64,25 +64,8 @@ def write_section(section: str, text: str, page: Path = DOCS) -> None:
 
 
 def two_tower(features, user_vectors, item_vectors):
-    """A Recommender serving fixed vectors (target domain), so that crossrec's evaluator and
-    scorer can run on vectors made elsewhere (random ones, Spark ALS factors)."""
-    import torch
-
+    """crossrec's evaluator and scorer over vectors made elsewhere (random ones, Spark ALS factors)."""
     from crossrec_core.config import load_settings
-    from crossrec_core.models.base import Recommender
+    from crossrec_core.models.fixed import FixedVectors
 
-    class FixedTwoTower(Recommender):
-        name = ""  # a benchmark double, not registered
-
-        def __init__(self):
-            super().__init__(features, load_settings().model)
-            self.register_buffer("users", torch.as_tensor(user_vectors, dtype=torch.float32))
-            self.register_buffer("items", torch.as_tensor(item_vectors, dtype=torch.float32))
-
-        def user_vectors(self, domain, user_keys):
-            return self.users[user_keys]
-
-        def item_vectors(self, domain):
-            return self.items
-
-    return FixedTwoTower().eval()
+    return FixedVectors(features, load_settings().model, user_vectors, item_vectors)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 from crossrec_core.config import Settings
 from crossrec_core.contracts import StageStatus
-from crossrec_core.lake import Lake, LakeError
+from crossrec_core.lake import Lake, LakeError, write_atomically
 from crossrec_core.reports import ALL_DOMAINS, StageReport, read_run_reports, stage_run
 from crossrec_core.serving import gate_path, latest_served
 
@@ -85,10 +84,8 @@ def evaluate_stage(settings: Settings, ds: str) -> StageReport:
             "published_version": published.get("model_version") if published else None,
             "tolerance": settings.gate.tolerance,
         }
-        path = gate_path(lake, ds)
-        staged = path.with_name(f".{path.name}.tmp")
-        staged.write_text(json.dumps(decision, indent=2, sort_keys=True))
-        os.replace(staged, path)  # readers see the old decision or the new one, never half a file
+        text = json.dumps(decision, indent=2, sort_keys=True)
+        write_atomically(gate_path(lake, ds), lambda staged: staged.write_text(text))
         report.metrics.update(decision)
         if not publish:
             report.status = StageStatus.GATED

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,16 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Create or replace ``path`` through ``write(staged sibling)`` and a rename: readers
+    see the old file or the new one, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(staged)
+    os.replace(staged, path)
+
 
 STAGING_DIR = "_staging"
 _RENAME_EXCHANGE = 2

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import subprocess
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ import torch
 from crossrec_core.config import ModelSettings
 from crossrec_core.contracts import MODELS_ROOT, Column, ColumnType, Table, TableFormat
 from crossrec_core.data import FeatureSet
-from crossrec_core.lake import Lake, LakeError, MissingPartitionError
+from crossrec_core.lake import Lake, LakeError, MissingPartitionError, write_atomically
 from crossrec_core.models.base import Recommender, build_model
 
 log = logging.getLogger(__name__)
@@ -98,10 +97,8 @@ def candidate_version(lake: Lake, ds: str) -> str:
 
 
 def _write_candidate(lake: Lake, ds: str, version: str) -> None:
-    path = lake.partition_path(MODEL_NIGHTS, ds=ds) / CANDIDATE_FILE
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staged.write_text(json.dumps({"model_version": version}))
-    os.replace(staged, path)
+    pointer = json.dumps({"model_version": version})
+    write_atomically(lake.partition_path(MODEL_NIGHTS, ds=ds) / CANDIDATE_FILE, lambda staged: staged.write_text(pointer))
 
 
 def checkpoint_root(lake: Lake, ds: str) -> Path:

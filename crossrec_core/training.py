@@ -17,12 +17,12 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from crossrec_core.batches import InteractionBatches
 from crossrec_core.config import ModelSettings, Settings
 from crossrec_core.contracts import Segment
 from crossrec_core.data import FeatureSet
-from crossrec_core.lake import Lake, dir_size
+from crossrec_core.lake import Lake, dir_size, write_atomically
 from crossrec_core.model_store import (
     MODEL_FILE,
     ModelFileError,
@@ -148,19 +148,10 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
 def _write_metrics_log(path: Path, history: TrainingHistory) -> None:
     # Rewritten whole from the history (atomically), so a resumed run never duplicates lines.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text("".join(json.dumps({"model": history.name, **e}, sort_keys=True) + "\n" for e in history.epochs))
-    os.replace(temporary, path)
+    lines = "".join(json.dumps({"model": history.name, **e}, sort_keys=True) + "\n" for e in history.epochs)
+    write_atomically(path, lambda staged: staged.write_text(lines))
 
 
 def _read_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -326,20 +317,18 @@ def _train(
                 batches.n_examples / train_seconds,
             )
             if checkpoint:
-                _atomic_save(
-                    {
-                        "fingerprint": fingerprint,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "best_state": best_state,
-                        "bad_epochs": bad_epochs,
-                        "history": asdict(history),
-                    },
-                    checkpoint,
-                )
+                state = {
+                    "fingerprint": fingerprint,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "best_state": best_state,
+                    "bad_epochs": bad_epochs,
+                    "history": asdict(history),
+                }
+                write_atomically(checkpoint, partial(torch.save, state))
             if metrics_log:
                 _write_metrics_log(metrics_log, history)
     if best_state is not None:

@@ -18,25 +18,10 @@ from crossrec_core.data import FeatureSet
 from crossrec_core.metrics import PAD
 from crossrec_core.model_store import candidate_version, save_model
 from crossrec_core.models.base import Recommender, build_model, dot_scores
+from crossrec_core.models.fixed import FixedVectors
 from crossrec_core.reports import read_run_reports
 
 DS = "2026-01-05"
-
-
-class FixedTwoTower(Recommender):
-    """Given user and item vectors (unregistered: a test double of the two-tower face)."""
-
-    def __init__(self, features: FeatureSet, users: torch.Tensor, items: torch.Tensor):
-        super().__init__(features, load_settings().model)
-        self.name = "fixed_two_tower"
-        self.register_buffer("users", users)
-        self.register_buffer("items", items)
-
-    def user_vectors(self, domain, user_keys):
-        return self.users[user_keys]
-
-    def item_vectors(self, domain):
-        return self.items
 
 
 def random_features(n_users: int, n_items: int, seed: int) -> FeatureSet:
@@ -72,7 +57,7 @@ def test_top_k_equals_brute_force_with_seen_items_excluded_and_ties_to_the_lower
     # Entries in {-1, 0, 1} and d=3: exact float products and many equal scores.
     users = torch.tensor(rng.integers(-1, 2, (40, 3)), dtype=torch.float32)
     items = torch.tensor(rng.integers(-1, 2, (23, 3)), dtype=torch.float32)
-    model = FixedTwoTower(features, users, items)
+    model = FixedVectors(features, load_settings().model, users, items)
     user_keys = rng.permutation(40)[:31]
 
     got_items, got_scores = ranking.top_k_for_users(model, features, "tgt", user_keys, k=6, block_size=block_size)
@@ -104,7 +89,7 @@ def test_nan_scores_fail_naming_the_users():
     features = random_features(n_users=5, n_items=4, seed=0)
     users = torch.ones(5, 2)
     users[3] = torch.nan
-    model = FixedTwoTower(features, users, torch.ones(4, 2))
+    model = FixedVectors(features, load_settings().model, users, torch.ones(4, 2))
     with pytest.raises(ValueError, match=r"NaN scores.*user keys \[3\]"):
         ranking.top_k_for_users(model, features, "tgt", np.arange(5), k=2, block_size=2)
 
