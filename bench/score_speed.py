@@ -51,7 +51,7 @@ from crossrec_core.data import FeatureSet
 from crossrec_core.lake import Lake
 from crossrec_core.model_store import model_id, model_version
 from crossrec_core.models.base import build_model
-from crossrec_core.serving import publish_scores
+from crossrec_core.publish import publish_scores
 
 SECTION = "## Scoring"
 GOAL_RATIO, GOAL_SECONDS = 0.6, 60.0

@@ -71,6 +71,12 @@ class Segment(StrEnum):
     FALLBACK = "fallback"  # neither (or too little): popularity
 
 
+# The score a model card records for selection and the gate: NDCG@10 over every
+# validation user of the target domain (training.validate writes it).
+VALIDATION_SEGMENT = "all"
+VALIDATION_METRIC = "ndcg@10"
+
+
 class Split(StrEnum):
     """Role of a features/interactions row."""
 
@@ -83,7 +89,6 @@ class StageStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     GATED = "gated"  # the gate kept the previous model; not an error
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)

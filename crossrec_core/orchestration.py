@@ -335,8 +335,8 @@ def gate(settings: Settings, context) -> bool:
     """The ``gate`` task: the evaluate stage's decision for the run's ds. False skips score
     and publish (the served list stays) and raises a ``gated`` alert; the run stays green."""
     from crossrec_core.contracts import AlertKind
+    from crossrec_core.gate import gate_decision
     from crossrec_core.lake import Lake
-    from crossrec_core.serving import gate_decision
 
     ds = resolve_ds(context["params"], context["dag_run"])
     decision = gate_decision(Lake(settings.lake), ds)

@@ -48,8 +48,9 @@ import scipy.sparse as sp
 import torch
 
 from crossrec_core.config import ScoreSettings, Settings
-from crossrec_core.contracts import SCORES, USER_KEYS, ColumnType, ContractError, Segment, StageStatus
+from crossrec_core.contracts import SCORES, USER_KEYS, ColumnType, ContractError, Segment
 from crossrec_core.data import FeatureSet
+from crossrec_core.gate import held_back
 from crossrec_core.lake import Lake, dir_size
 from crossrec_core.metrics import PAD
 from crossrec_core.models.base import Recommender, build_model
@@ -349,15 +350,10 @@ def score_stage(settings: Settings, ds: str) -> StageReport:
     """Score tonight's target users with tonight's model, unless the gate rejected it."""
     from crossrec_core.features import load_features
     from crossrec_core.model_store import candidate_version, load_model, model_dir
-    from crossrec_core.serving import gate_decision
 
     lake = Lake(settings.lake)
     with stage_run(lake, "score", ds) as report:
-        decision = gate_decision(lake, ds)
-        if not decision["publish"]:
-            report.status = StageStatus.SKIPPED
-            report.metrics["reason"] = decision.get("reason", "")
-            log.info("score skipped for ds=%s: the gate rejected the model: %s", ds, decision.get("reason"))
+        if held_back(lake, ds, report):
             return report
         version = candidate_version(lake, ds)
         features = load_features(lake, ds, settings.source, settings.target)

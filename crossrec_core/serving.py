@@ -1,10 +1,6 @@
-"""Serving: publish a night's scores into ``serving/recommendations``, read them back, vacuum.
+"""Serving: the served tables read back, restored, checked for freshness, vacuumed and
+compacted (the publish stage that writes them is crossrec_core.publish).
 
-* ``publish_stage`` commits the Parquet files of ``scores/ds=DS/domain=TARGET`` into the
-  Delta table with ONE delta-rs commit that replaces the (ds, domain) partition, so a
-  reader sees yesterday's snapshot or tonight's, never a mix; re-publishing a date gives
-  identical rows and one new table version. When the gate (``models/ds=DS/gate.json``)
-  said no, nothing is committed and the last good recommendations stay served.
 * Readers go through a snapshot (a table version) with partition pruning
   (``Lake.delta_dataset``), never a directory listing and never the whole table.
 * Every row's ``model_version`` is the model directory under the lake root; its card is
@@ -17,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -28,17 +22,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
-from crossrec_core.config import Settings
-from crossrec_core.contracts import ALERTS, RECOMMENDATIONS, RUN_REPORTS, SCORES, Segment, StageStatus, Table
+from crossrec_core.contracts import ALERTS, RECOMMENDATIONS, RUN_REPORTS, SCORES, Segment, Table
 from crossrec_core.errors import InputError
-from crossrec_core.lake import STAGING_DIR, Lake, LakeError, MissingPartitionError
-from crossrec_core.reports import StageReport, stage_run
+from crossrec_core.lake import Lake, LakeError, MissingPartitionError
 
 log = logging.getLogger(__name__)
 
-GATE_FILE = "gate.json"  # written by the evaluate stage (crossrec_core.gate) beside the model
 DELTA_TABLES = (RECOMMENDATIONS, RUN_REPORTS, ALERTS)
 # Tables written one small row at a time (a file per stage run or alert): `crossrec compact`
 # merges their files. Recommendations are not: publish writes each partition whole.
@@ -46,120 +36,11 @@ COMPACTED_TABLES = (RUN_REPORTS, ALERTS)
 SERVED_COLUMNS = ["rank", "item_id", "score", "model_version", "segment", "because"]
 
 
-# ---- the gate's decision ------------------------------------------------------------
-def gate_path(lake: Lake, ds: str) -> Path:
-    """Where the evaluate stage keeps its verdict on the candidate model of ``ds``: inside
-    that model's directory, so a newly trained model is never published on an old verdict."""
-    from crossrec_core.model_store import candidate_version, model_dir
-
-    return model_dir(lake, candidate_version(lake, ds)) / GATE_FILE
-
-
-def gate_decision(lake: Lake, ds: str) -> dict[str, Any]:
-    """The evaluate stage's verdict on the model of ``ds``: ``{"publish": bool, "reason": str, ...}``.
-
-    A missing or malformed file is an error naming it: scoring or publishing a model
-    nobody gated would serve it unchecked."""
-    path = gate_path(lake, ds)
-    try:
-        decision = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MissingPartitionError(f"no gate decision at {path}: run the evaluate stage for ds={ds} first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LakeError(f"gate decision {path} is not valid JSON: {err}") from err
-    if not isinstance(decision, dict) or not isinstance(decision.get("publish"), bool):
-        raise LakeError(f"gate decision {path}: expected an object with a boolean 'publish', got {decision!r}")
-    return decision
-
-
 def model_card_for(lake: Lake, model_version: str) -> dict[str, Any]:
     """The model card (``<lake>/<model_version>/model_card.json``) a recommendation row links to."""
     from crossrec_core.model_store import read_card
 
     return read_card(lake, model_version)
-
-
-# ---- publish --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Published:
-    table_version: int
-    rows: int
-    bytes: int
-    files: int
-
-
-def scores_files(lake: Lake, ds: str, domain: str) -> list[Path]:
-    """The Parquet files of ``scores/ds=DS/domain=D`` (hidden and ``_`` files are not data)."""
-    directory = lake.require_partition(SCORES, ds=ds, domain=domain)
-    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
-    if not files:
-        raise LakeError(f"scores partition {directory} holds no Parquet files: re-run the score stage for ds={ds}")
-    return files
-
-
-def _scored_by(lake: Lake, ds: str, domain: str) -> set[str]:
-    """The model versions in ``scores/ds=DS/domain=D`` (one column, dictionary-encoded: cheap)."""
-    directory = lake.require_partition(SCORES, ds=ds, domain=domain)
-    column = pads.dataset(directory, format="parquet").to_table(columns=["model_version"])["model_version"]
-    return set(pc.unique(column).to_pylist())
-
-
-def publish_scores(lake: Lake, ds: str, domain: str, metrics: dict[str, Any] | None = None) -> Published:
-    """Commit the scores of (ds, domain) as the recommendations partition (one commit).
-
-    ``commit_delta_partition`` moves the files it commits, so copies go in (staged under
-    ``<lake>/_staging``): the scores stay, and a re-run of publish finds them again."""
-    files = scores_files(lake, ds, domain)
-    staging = lake.root / STAGING_DIR / f"publish__{ds}__{domain}__{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
-    try:
-        # fresh modification times: a full vacuum must not take them for old orphans before the commit
-        copies = [Path(shutil.copy(f, staging / f.name)) for f in files]
-        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in copies)
-        size = sum(f.stat().st_size for f in copies)
-        version = lake.commit_delta_partition(RECOMMENDATIONS, copies, metrics=metrics, ds=ds, domain=domain)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return Published(table_version=version, rows=rows, bytes=size, files=len(files))
-
-
-def publish_stage(settings: Settings, ds: str) -> StageReport:
-    """Serve tonight's scores of the target domain, unless the gate kept the previous model."""
-    lake = Lake(settings.lake)
-    domain = settings.target
-    with stage_run(lake, "publish", ds) as report:
-        decision = gate_decision(lake, ds)
-        if not decision["publish"]:
-            report.status = StageStatus.GATED
-            report.metrics["reason"] = decision.get("reason", "")
-            served = latest_served(lake, domain)
-            report.metrics["still_served"] = served
-            log.info("publish gated for ds=%s: %s; still served: %s", ds, decision.get("reason"), served)
-            return report
-        from crossrec_core.model_store import candidate_version
-
-        version = candidate_version(lake, ds)
-        scored_by = _scored_by(lake, ds, domain)
-        if scored_by - {version}:
-            raise LakeError(
-                f"scores of ds={ds} domain={domain} come from {sorted(scored_by)}, but the gated model of ds={ds} "
-                f"is {version}: re-run the score stage for ds={ds}"
-            )
-        published = publish_scores(lake, ds, domain, metrics={"ds": ds, "model_version": version})
-        report.rows_in = report.rows_out = published.rows
-        report.bytes_in = report.bytes_out = published.bytes
-        report.metrics.update({"table_version": published.table_version, "files": published.files, "domain": domain})
-        log.info(
-            "published %d rows (%d files, %d bytes) of ds=%s domain=%s as %s version %d",
-            published.rows,
-            published.files,
-            published.bytes,
-            ds,
-            domain,
-            RECOMMENDATIONS.path,
-            published.table_version,
-        )
-    return report
 
 
 def restore_recommendations(lake: Lake, version: int) -> int:

@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from crossrec_core.batches import InteractionBatches
 from crossrec_core.config import ModelSettings, Settings
-from crossrec_core.contracts import Segment
+from crossrec_core.contracts import VALIDATION_METRIC, VALIDATION_SEGMENT, Segment
 from crossrec_core.data import FeatureSet
 from crossrec_core.lake import Lake, dir_size, write_atomically
 from crossrec_core.model_store import (
@@ -48,8 +48,6 @@ from crossrec_core.reports import StageReport, stage_run
 
 log = logging.getLogger(__name__)
 
-VALIDATION_METRIC = "ndcg@10"
-VALIDATION_SEGMENT = "all"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 

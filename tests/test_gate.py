@@ -11,11 +11,13 @@ import pytest
 from conftest import fake_model_version, write_fake_model
 
 from crossrec_core.contracts import SCORES, StageStatus
-from crossrec_core.gate import RunFailed, decide, evaluate_stage, latest_published, report_stage
+from crossrec_core.gate import decide, evaluate_stage, latest_published
 from crossrec_core.lake import Lake, LakeError, MissingPartitionError
 from crossrec_core.model_store import ModelFileError
+from crossrec_core.pipeline import RunFailed, report_stage
+from crossrec_core.publish import publish_stage
 from crossrec_core.reports import read_run_reports, stage_run
-from crossrec_core.serving import latest_served, publish_stage
+from crossrec_core.serving import latest_served
 
 
 @pytest.fixture

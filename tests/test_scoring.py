@@ -214,7 +214,7 @@ def test_a_rejected_model_is_not_scored(lake_root, lake, tiny_features):
 
     report = scoring.score_stage(settings, DS)
 
-    assert report.status == StageStatus.SKIPPED and report.metrics["reason"] == "ndcg@10 dropped 12%"
+    assert report.status == StageStatus.GATED and report.metrics["reason"] == "ndcg@10 dropped 12%"
     assert not lake.partition_path(SCORES, ds=DS, domain="tgt").exists()
 
 
@@ -260,7 +260,8 @@ def test_item_to_item_models_serve_because_items_readable_by_every_reader(lake_r
 
     from crossrec_core.cli import app
     from crossrec_core.contracts import RECOMMENDATIONS
-    from crossrec_core.serving import publish_scores, snapshot
+    from crossrec_core.publish import publish_scores
+    from crossrec_core.serving import snapshot
 
     settings = score_settings(lake_root)
     model = build_model("item_knn_cross", tiny_features, settings.model)

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from crossrec_core.cli import app
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import RECOMMENDATIONS, RUN_REPORTS, SCORES, StageStatus
+from crossrec_core.publish import publish_stage
 from crossrec_core.reports import read_run_reports
 from crossrec_core.serving import (
     compact_tables,
     latest_served,
     model_card_for,
-    publish_stage,
     snapshot,
     table_versions,
     user_recommendations,
