@@ -14,8 +14,9 @@ import logging
 import sys
 
 from crossrec_core.config import Settings, load_settings
+from crossrec_core.dates import parse_ds
 from crossrec_core.errors import EXPECTED_FAILURE_EXIT, CrossrecError
-from crossrec_core.pipeline import PER_DOMAIN_STAGES, parse_ds, stage_function
+from crossrec_core.pipeline import PER_DOMAIN_STAGES, stage_function
 
 
 def argument_parser(stage: str) -> argparse.ArgumentParser:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import re
 from collections.abc import Callable
-from datetime import date
 from typing import Any
 
-from crossrec_core.config import DsRange, Settings
+from crossrec_core.config import Settings
 from crossrec_core.contracts import StageStatus
+from crossrec_core.dates import parse_ds
 from crossrec_core.errors import InputError
 from crossrec_core.lake import Lake, LakeError
 from crossrec_core.reports import ALL_DOMAINS, StageReport, read_run_reports, stage_run
@@ -39,25 +38,6 @@ STAGES: dict[str, str] = {
     "report": "crossrec_core.pipeline:report_stage",
 }
 PER_DOMAIN_STAGES = frozenset({"clean"})
-# date.fromisoformat alone also takes 20261105 and 2026-W45-1
-DS_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def parse_ds(value: str | date, ds_range: DsRange | None = None) -> str:
-    """A run date: exactly YYYY-MM-DD, a real day and, given the config's ``ds_range``,
-    within it; InputError naming the value otherwise."""
-    text = value.isoformat() if isinstance(value, date) else value
-    if not isinstance(text, str) or not DS_PATTERN.fullmatch(text):
-        raise InputError(f"ds must be a date YYYY-MM-DD, got {value!r}")
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise InputError(f"ds {text!r} is not a calendar date") from None
-    if ds_range is not None and not ds_range.earliest <= day <= ds_range.latest:
-        raise InputError(
-            f"ds {text} is outside ds_range {ds_range.earliest} .. {ds_range.latest} (config keys ds_range.earliest, ds_range.latest)"
-        )
-    return text
 
 
 def stage_function(name: str) -> Callable[..., StageReport]:

@@ -13,12 +13,12 @@ import pytest
 
 from crossrec_core.config import ConfigError, load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, QUARANTINE, RAW
+from crossrec_core.dates import parse_ds
 from crossrec_core.errors import InputError
 from crossrec_core.etl.clean import EmptyDeliveryError, clean
 from crossrec_core.ingest.events import import_events
 from crossrec_core.jobs_main import main as job_main
 from crossrec_core.lake import Lake
-from crossrec_core.pipeline import parse_ds
 from crossrec_core.reports import read_run_reports
 
 pytestmark = pytest.mark.spark

@@ -74,9 +74,9 @@ def register(app: typer.Typer) -> None:
         END_DATE (repeatable for a SEED). valid.txt/test.txt (cold-start users) are not
         landed in raw/; they go to the holdout table as the dataset's evaluation set.
         """
+        from crossrec_core.dates import parse_ds
         from crossrec_core.ingest.pairs import import_pairs
         from crossrec_core.lake import Lake
-        from crossrec_core.pipeline import parse_ds
 
         settings = settings_from(config, lake)
         if end_date is not None:

@@ -54,8 +54,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """A user's recommendations (with --why, "because you liked" source items). Exit
         code 1 when the user has no list (unknown)."""
+        from crossrec_core.dates import parse_ds
         from crossrec_core.lake import Lake
-        from crossrec_core.pipeline import parse_ds
         from crossrec_core.serving import user_recommendations
 
         settings = settings_from(config, lake)
@@ -237,8 +237,8 @@ def register(app: typer.Typer) -> None:
         With --ds only that night's partition (all its domains) gets that version's rows;
         without it the whole table is rolled back: every ds published after that version
         disappears from what is served (time travel still has it)."""
+        from crossrec_core.dates import parse_ds
         from crossrec_core.lake import Lake
-        from crossrec_core.pipeline import parse_ds
         from crossrec_core.serving import restore_night, restore_recommendations
 
         the_lake = Lake(settings_from(config, lake).lake)

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from crossrec_core.config import Settings
 from crossrec_core.contracts import RAW
+from crossrec_core.dates import parse_ds
 from crossrec_core.errors import InputError
 from crossrec_core.ingest.landing import (
     SECONDS_PER_DAY,
@@ -60,7 +61,6 @@ from crossrec_core.ingest.landing import (
     yesterday_utc,
 )
 from crossrec_core.lake import Lake
-from crossrec_core.pipeline import parse_ds
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 
 from crossrec_core.config import DsRange
 from crossrec_core.contracts import RAW, RAW_REQUIRED_COLUMNS
+from crossrec_core.dates import parse_ds
 from crossrec_core.etl.raw_files import COMPRESSIBLE, FORMATS, RawInputError, _check_columns, _csv_header, raw_parquet_types
 from crossrec_core.ingest.landing import DomainSummary, ImportSummary, check_domain_name
 from crossrec_core.lake import Lake
-from crossrec_core.pipeline import parse_ds
 from crossrec_core.reports import stage_run
 
 log = logging.getLogger(__name__)

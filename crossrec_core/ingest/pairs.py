@@ -35,6 +35,7 @@ import pyarrow.csv as pacsv
 
 from crossrec_core.contracts import HOLDOUT, HOLDOUT_SPLITS
 from crossrec_core.datasets import common_user_count, pair_user_ids
+from crossrec_core.dates import parse_ds
 from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.ingest.landing import (
     SECONDS_PER_DAY,
@@ -47,7 +48,6 @@ from crossrec_core.ingest.landing import (
     yesterday_utc,
 )
 from crossrec_core.lake import Lake
-from crossrec_core.pipeline import parse_ds
 
 log = logging.getLogger(__name__)
 
