@@ -2,7 +2,7 @@
 lines, the stage operator (process group, on_kill), the raw-data sensor, failure
 classification, the gate's short-circuit and the alert callbacks.
 
-Every stage runs as its own process (``jobs/<stage>.py``: spark-submit for the Spark
+Every stage runs as its own process (``python -m crossrec_core.jobs STAGE``: spark-submit for the Spark
 stages, the environment's Python for the torch and Delta stages), so the Airflow worker
 never imports Spark or torch. Exit code 2 means a contract violation (bad input, missing
 data, bad config): retrying cannot help, so the task fails at once; any other failure is
@@ -20,6 +20,7 @@ This module is imported by the DAG file at parse time: keep its top-level import
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -41,7 +42,8 @@ from crossrec_core.spark import DRIVER_JAVA_OPTIONS
 
 log = logging.getLogger(__name__)
 
-JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
+JOBS_MODULE = "crossrec_core.jobs"
+
 KILL_GRACE_SECONDS = 10  # a killed stage's process group gets SIGTERM, then SIGKILL after this
 SUCCESS_MARKER = "_SUCCESS"
 DS_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -139,7 +141,7 @@ def default_args(settings: Settings) -> dict[str, Any]:
 
 
 def stage_arguments(settings: Settings, stage: str, ds: str, params: Mapping[str, Any], domain: str | None = None) -> list[str]:
-    """The command-line arguments of ``jobs/<stage>.py`` for one run (values may be Jinja)."""
+    """The command-line arguments of a stage job for one run (values may be Jinja)."""
     arguments = ["--ds", ds, "--lake", str(Path(settings.lake).resolve())]
     arguments += ["--source", str(params["source_domain"]), "--target", str(params["target_domain"])]
     if domain is not None:
@@ -176,10 +178,23 @@ def stage_environment(settings: Settings, stage: str) -> dict[str, str]:
     return {"CROSSREC_SPARK__MASTER": spark_master(settings)} if stage == "score" else {}
 
 
+def job_script() -> str:
+    """The file spark-submit runs: crossrec_core/jobs.py wherever the package is installed
+    (found, not imported: the DAG file must not load pyarrow)."""
+    spec = importlib.util.find_spec(JOBS_MODULE)
+    assert spec is not None and spec.origin is not None
+    return spec.origin
+
+
+def job_command(stage: str) -> list[str]:
+    """The job of ``stage`` in this Python, from the installed package (no checkout needed)."""
+    return [sys.executable, "-m", JOBS_MODULE, stage]
+
+
 def start_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> subprocess.Popen:
-    """Start ``jobs/<stage>.py`` as a child process leading its own process group, so that
+    """Start the stage's job (:mod:`crossrec_core.jobs`) as a child process leading its own process group, so that
     :func:`stop_job` also reaches whatever it starts (data loader workers, ...)."""
-    command = [sys.executable, str(JOBS_DIR / f"{stage}.py"), *stage_arguments(settings, stage, ds, params)]
+    command = [*job_command(stage), *stage_arguments(settings, stage, ds, params)]
     environment = stage_environment(settings, stage)
     log.info("running %s%s", " ".join(command), "".join(f" ({k}={v})" for k, v in environment.items()))
     return subprocess.Popen(
@@ -225,7 +240,7 @@ def stop_job(process: subprocess.Popen, grace_seconds: float = KILL_GRACE_SECOND
 
 
 class StageJobOperator(BaseOperator):
-    """Runs one torch or Delta stage (``jobs/<stage>.py``) for the run's ds. When Airflow
+    """Runs one torch or Delta stage (``python -m crossrec_core.jobs STAGE``) for the run's ds. When Airflow
     kills the task (timeout, marked failed, cleared), ``on_kill`` stops the job's whole
     process group, so no training keeps running behind a dead task."""
 
@@ -275,8 +290,8 @@ def spark_stage(settings: Settings, stage: TimedTask, domain: str | None = None,
     """The spark-submit task of a Spark stage (master from the ``spark_default`` connection;
     the driver's address and shuffle partitions from ``settings.spark``, see spark_session)."""
     return StageSparkSubmitOperator(
-        application=str(JOBS_DIR / f"{stage}.py"),
-        application_args=stage_arguments(settings, stage, DS_TEMPLATE, PARAM_TEMPLATES, domain=domain),
+        application=job_script(),
+        application_args=[stage, *stage_arguments(settings, stage, DS_TEMPLATE, PARAM_TEMPLATES, domain=domain)],
         conn_id=settings.orchestration.spark_conn_id,
         name=f"crossrec_{stage}",
         conf={

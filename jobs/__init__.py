@@ -1,1 +1,1 @@
-"""One thin entrypoint per stage: spark-submit jobs/<stage>.py or python -m jobs.<stage>."""
+"""One thin entrypoint per stage for people at a checkout; Airflow runs `python -m crossrec_core.jobs STAGE`."""

@@ -59,7 +59,8 @@ def test_tasks_are_the_stages_wired_like_the_pipeline_diagram(dag):
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.get_task("report").trigger_rule == "all_done"  # reports (and fails) after any failure
     assert type(dag.get_task("clean_source")).__name__ == "StageSparkSubmitOperator"
-    assert dag.get_task("clean_source").application.endswith("jobs/clean.py")
+    clean = dag.get_task("clean_source")
+    assert clean.application.endswith("crossrec_core/jobs.py") and clean.application_args[0] == "clean"
     outlets = {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks if t.outlets}
     assert set(outlets) == {"clean_source", "clean_target", "featurize", "publish"}
     assert outlets["publish"][0].endswith("/serving/recommendations")
@@ -236,7 +237,7 @@ def test_the_ds_param_wins_and_a_run_without_logical_date_uses_it(dag):
     clean = dag.get_task("clean_source")
     context = run_context(ds="2026-01-02", source_domain="movies", target_domain="books", model="auto", k=10, retrain_from_scratch=False)
     rendered = clean.render_template(clean.application_args, context, jinja_env=dag.get_template_env())
-    assert rendered[:2] == ["--ds", "2026-01-02"] and rendered[-2:] == ["--domain", "movies"]
+    assert rendered[:3] == ["clean", "--ds", "2026-01-02"] and rendered[-2:] == ["--domain", "movies"]
 
 
 def test_the_ds_param_accepts_only_a_calendar_date(dag):
@@ -271,7 +272,7 @@ def test_on_kill_stops_the_stage_and_every_process_it_started(tmp_path, monkeypa
         "print('training', flush=True)\n"
         "time.sleep(600)\n"
     )
-    monkeypatch.setattr(orchestration, "JOBS_DIR", tmp_path)
+    monkeypatch.setattr(orchestration, "job_command", lambda stage: [sys.executable, str(tmp_path / f"{stage}.py")])
     task = orchestration.StageJobOperator(task_id="train", settings=load_settings(lake=tmp_path / "lake"), stage="train")
     context = run_context(ds="2026-01-02", source_domain="movies", target_domain="books", model="auto", k=10, retrain_from_scratch=False)
     failures: list[BaseException] = []

@@ -19,7 +19,7 @@ from crossrec_core.cli import run
 from crossrec_core.config import ConfigError
 from crossrec_core.contracts import SCORES, ContractError
 from crossrec_core.errors import EXPECTED_FAILURE_EXIT, CrossrecError
-from crossrec_core.jobs_main import main as job_main
+from crossrec_core.jobs import main as job_main
 from crossrec_core.lake import Lake, LakeError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -104,13 +104,13 @@ def corrupt_scores(lake: Lake, ds: str) -> None:
 
 def test_a_job_exits_2_on_a_crossrec_error_and_keeps_other_errors(lake, capsys):
     job_args = ["--ds", "2026-01-07", "--lake", str(lake.root), "--source", "src", "--target", "tgt"]
-    assert job_main("publish", job_args) == EXPECTED_FAILURE_EXIT  # nothing trained: missing data
+    assert job_main(["publish", *job_args]) == EXPECTED_FAILURE_EXIT  # nothing trained: missing data
     stderr = capsys.readouterr().err
     assert "no model trained for ds=2026-01-07" in stderr and "Traceback" not in stderr
 
     corrupt_scores(lake, "2026-01-07")
     with pytest.raises(pa.ArrowInvalid):  # not swallowed: the process exits 1 with its traceback
-        job_main("publish", job_args)
+        job_main(["publish", *job_args])
 
 
 def test_a_job_process_exits_1_with_a_traceback_on_other_errors(lake):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from crossrec_core.config import ConfigError, load_settings
-from crossrec_core.jobs_main import argument_parser, job_settings
+from crossrec_core.jobs import argument_parser, job_settings
 from crossrec_core.orchestration import stage_arguments
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from crossrec_core.dates import parse_ds
 from crossrec_core.errors import InputError
 from crossrec_core.etl.clean import EmptyDeliveryError, clean
 from crossrec_core.ingest.events import import_events
-from crossrec_core.jobs_main import main as job_main
+from crossrec_core.jobs import main as job_main
 from crossrec_core.lake import Lake
 from crossrec_core.reports import read_run_reports
 
@@ -227,7 +227,7 @@ def test_a_run_date_is_exactly_yyyy_mm_dd_within_the_configured_range(ds, tmp_pa
     with pytest.raises(InputError, match="ds"):
         parse_ds(ds, settings.ds_range)
     # the stage jobs refuse it before any work: exit 2 (no retry), one line naming the value
-    assert job_main("clean", ["--ds", ds, "--domain", "books", "--lake", str(tmp_path / "lake")]) == 2
+    assert job_main(["clean", "--ds", ds, "--domain", "books", "--lake", str(tmp_path / "lake")]) == 2
     assert ds.strip() in capsys.readouterr().err
 
 

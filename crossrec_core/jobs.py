@@ -1,7 +1,9 @@
-"""Entry point shared by every ``jobs/<stage>.py``: parse args, load settings, run the stage.
+"""Every stage as a job: ``python -m crossrec_core.jobs STAGE --ds DATE [...]``.
 
-``spark-submit jobs/clean.py --ds 2026-11-21 --domain movies`` and
-``python -m jobs.train --ds 2026-11-21`` both end here; Airflow calls the same commands.
+Airflow runs the torch and Delta stages that way and spark-submits this file for the
+Spark ones (``spark-submit .../crossrec_core/jobs.py clean --ds DATE --domain D``): it
+works wherever the package is installed, with no checkout. ``jobs/<stage>.py`` in the
+repository are the same entry point, one file per stage.
 Expected failures (:class:`~crossrec_core.errors.CrossrecError`: bad config, bad input,
 missing data, a contract violation) exit 2 with one clear line on stderr, and Airflow does
 not retry them; anything else keeps its stack trace and exit code 1, and is retried.
@@ -12,15 +14,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from crossrec_core.config import Settings, load_settings
 from crossrec_core.dates import parse_ds
 from crossrec_core.errors import EXPECTED_FAILURE_EXIT, CrossrecError
-from crossrec_core.pipeline import PER_DOMAIN_STAGES, stage_function
+from crossrec_core.pipeline import PER_DOMAIN_STAGES, STAGES, stage_function
 
 
 def argument_parser(stage: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"crossrec stage '{stage}' for one date")
+    parser = argparse.ArgumentParser(prog=f"crossrec_core.jobs {stage}", description=f"crossrec stage '{stage}' for one date")
     parser.add_argument("--ds", required=True, help="run date YYYY-MM-DD")
     if stage in PER_DOMAIN_STAGES:
         parser.add_argument("--domain", required=True)
@@ -52,8 +55,13 @@ def job_settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
-def main(stage: str, argv: list[str] | None = None) -> int:
-    args = argument_parser(stage).parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """``argv``: the stage's name, then its arguments (default: the command line)."""
+    stage, *arguments = sys.argv[1:] if argv is None else argv
+    if stage not in STAGES:
+        print(f"crossrec_core.jobs: unknown stage {stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
+        return EXPECTED_FAILURE_EXIT
+    args = argument_parser(stage).parse_args(arguments)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
@@ -65,3 +73,11 @@ def main(stage: str, argv: list[str] | None = None) -> int:
         return EXPECTED_FAILURE_EXIT
     print(f"crossrec {stage} {report.status}: rows_in={report.rows_in} rows_out={report.rows_out}")
     return 0
+
+
+if __name__ == "__main__":
+    # spark-submit runs this file as a script, which puts the package's own folder first
+    # on sys.path: its module names (query, errors, ...) must not shadow anyone's imports
+    if sys.path and sys.path[0] == str(Path(__file__).resolve().parent):
+        sys.path.pop(0)
+    sys.exit(main())

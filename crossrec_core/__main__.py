@@ -1,0 +1,5 @@
+"""``python -m crossrec_core``: the ``crossrec`` command line."""
+
+from crossrec_core.cli import run
+
+run()
