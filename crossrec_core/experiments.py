@@ -13,7 +13,9 @@ table per protocol and segment) and ``ndcg_at_10.png`` (bar chart, matplotlib Ag
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,6 +32,8 @@ from crossrec_core.datasets import Splits
 from crossrec_core.errors import InputError
 from crossrec_core.evaluation import Protocol, evaluate_model
 from crossrec_core.models.base import Recommender
+
+log = logging.getLogger(__name__)
 
 RESULTS_JSON, RESULTS_MD, CHART_PNG = "results.json", "results.md", "ndcg_at_10.png"
 CHART_METRIC = "ndcg@10"
@@ -220,9 +224,10 @@ def _chart(run: ExperimentRun, path: Path) -> None:
 
 
 def write_results(run: ExperimentRun, out: Path, meta: dict[str, Any]) -> list[Path]:
-    """Write results.json, results.md and the chart into ``out``; return their paths."""
+    """Write results.json, results.md and (with matplotlib, the ``bench`` extra) the chart
+    into ``out``; return the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / RESULTS_JSON, out / RESULTS_MD, out / CHART_PNG]
+    paths = [out / RESULTS_JSON, out / RESULTS_MD]
     payload = {
         "meta": {**meta, "seeds": run.seeds, "protocols": run.protocols, "models": run.models},
         "timings_seconds": {m: dict(run.seconds[m]) for m in run.models},
@@ -232,5 +237,8 @@ def write_results(run: ExperimentRun, out: Path, meta: dict[str, Any]) -> list[P
     }
     paths[0].write_text(json.dumps(payload, indent=2))
     paths[1].write_text(_markdown(run, meta))
-    _chart(run, paths[2])
-    return paths
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("no %s: matplotlib is not installed (pip install 'crossrec[bench]')", out / CHART_PNG)
+        return paths
+    _chart(run, out / CHART_PNG)
+    return [*paths, out / CHART_PNG]
