@@ -19,6 +19,7 @@ from pathlib import Path
 
 from crossrec_core.config import Settings
 from crossrec_core.lake import Lake, LakeError
+from crossrec_core.stages import RUN_REPORT_STAGE
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def demo_days(days: int, end: date | None = None) -> list[str]:
 
 def run_nights(settings: Settings, airflow_home: Path, days: list[str], progress=print) -> dict[str, float]:
     """Run the DAG for each day through Airflow; fail when a night's report is not a success."""
-    from crossrec_core.reports import read_run_reports
+    from crossrec_core.reports import ALL_DOMAINS, read_run_reports
 
     env = airflow_environment(settings, airflow_home)
     logs = airflow_home / "demo-logs"
@@ -84,7 +85,7 @@ def run_nights(settings: Settings, airflow_home: Path, days: list[str], progress
         progress(f"airflow dags test {DAG_ID} {ds} ...")
         seconds[ds] = run_logged(airflow("dags", "test", DAG_ID, ds), env, logs / f"dags-test-{ds}.log", f"the DAG run of {ds}")
         reports = {(r["stage"], r["domain"]): r["status"] for r in read_run_reports(Lake(settings.lake), ds).to_pylist()}
-        if reports.get(("report", "all")) != "success":
+        if reports.get((RUN_REPORT_STAGE, ALL_DOMAINS)) != "success":
             raise DemoError(f"the DAG run of {ds} did not end with a successful report: {reports}; log: {logs / f'dags-test-{ds}.log'}")
         progress(f"  {ds} done in {seconds[ds]:.0f} s")
     return seconds

@@ -19,21 +19,27 @@ from pathlib import Path
 from crossrec_core.config import Settings, load_settings
 from crossrec_core.dates import parse_ds
 from crossrec_core.errors import EXPECTED_FAILURE_EXIT, CrossrecError
-from crossrec_core.pipeline import PER_DOMAIN_STAGES, STAGES, stage_function
+from crossrec_core.pipeline import stage_function
+from crossrec_core.stages import STAGES, RunParam, Stage
 
 
-def argument_parser(stage: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"crossrec_core.jobs {stage}", description=f"crossrec stage '{stage}' for one date")
+def argument_parser(stage: Stage) -> argparse.ArgumentParser:
+    """The stage's options: the common ones, ``--domain`` for a per-domain stage, and the
+    run parameters it declares."""
+    parser = argparse.ArgumentParser(prog=f"crossrec_core.jobs {stage.name}", description=f"crossrec stage '{stage.name}' for one date")
     parser.add_argument("--ds", required=True, help="run date YYYY-MM-DD")
-    if stage in PER_DOMAIN_STAGES:
+    if stage.per_domain:
         parser.add_argument("--domain", required=True)
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--lake", help="lake root")
     parser.add_argument("--source", help="source domain name (overrides domains.source)")
     parser.add_argument("--target", help="target domain name (overrides domains.target)")
-    parser.add_argument("--model", help="model name or 'auto'")
-    parser.add_argument("-k", type=int, help="recommendations per user")
-    parser.add_argument("--retrain", action="store_true", help="train from scratch (no warm start)")
+    if RunParam.MODEL in stage.params:
+        parser.add_argument("--model", help="model name or 'auto'")
+    if RunParam.K in stage.params:
+        parser.add_argument("-k", type=int, help="recommendations per user")
+    if RunParam.RETRAIN in stage.params:
+        parser.add_argument("--retrain", action="store_true", help="train from scratch (no warm start)")
     return parser
 
 
@@ -46,32 +52,35 @@ def job_settings(args: argparse.Namespace) -> Settings:
     domains = {role: name for role, name in (("source", args.source), ("target", args.target)) if name}
     if domains:
         overrides["domains"] = domains
-    if args.model:
+    if getattr(args, "model", None):
         overrides.setdefault("model", {})["name"] = args.model
-    if args.retrain:
+    if getattr(args, "retrain", False):
         overrides.setdefault("model", {})["warm_start"] = False
-    if args.k is not None:
+    if getattr(args, "k", None) is not None:
         overrides["score"] = {"k": args.k}
     return load_settings(args.config, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``argv``: the stage's name, then its arguments (default: the command line)."""
-    stage, *arguments = sys.argv[1:] if argv is None else argv
-    if stage not in STAGES:
-        print(f"crossrec_core.jobs: unknown stage {stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
+    name, *arguments = (sys.argv[1:] if argv is None else argv) or [""]
+    if name not in STAGES:
+        print(
+            f"crossrec_core.jobs: unknown stage {name!r}; usage: python -m crossrec_core.jobs {{{','.join(STAGES)}}} ...", file=sys.stderr
+        )
         return EXPECTED_FAILURE_EXIT
+    stage = STAGES[name]
     args = argument_parser(stage).parse_args(arguments)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         settings = job_settings(args)
-        kwargs = {"domain": args.domain} if stage in PER_DOMAIN_STAGES else {}
-        report = stage_function(stage)(settings, parse_ds(args.ds, settings.ds_range), **kwargs)
+        kwargs = {"domain": args.domain} if stage.per_domain else {}
+        report = stage_function(name)(settings, parse_ds(args.ds, settings.ds_range), **kwargs)
     except CrossrecError as err:
-        print(f"crossrec {stage} failed: {err}", file=sys.stderr)
+        print(f"crossrec {name} failed: {err}", file=sys.stderr)
         return EXPECTED_FAILURE_EXIT
-    print(f"crossrec {stage} {report.status}: rows_in={report.rows_in} rows_out={report.rows_out}")
+    print(f"crossrec {name} {report.status}: rows_in={report.rows_in} rows_out={report.rows_out}")
     return 0
 
 

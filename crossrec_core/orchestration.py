@@ -39,6 +39,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from crossrec_core.config import DOMAIN_NAME_PATTERN, MODEL_NAMES, Settings, TimedTask
 from crossrec_core.errors import EXPECTED_FAILURE_EXIT
 from crossrec_core.spark import DRIVER_JAVA_OPTIONS
+from crossrec_core.stages import Queue, RunParam, declared
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,12 @@ def stage_arguments(settings: Settings, stage: str, ds: str, params: Mapping[str
     arguments += ["--source", str(params["source_domain"]), "--target", str(params["target_domain"])]
     if domain is not None:
         arguments += ["--domain", domain]
-    if stage in ("train", "score"):
-        arguments += ["--model", str(params["model"]), "-k", str(params["k"])]
-    if stage == "train" and str(params["retrain_from_scratch"]).lower() == "true":
+    takes = declared(stage).params
+    if RunParam.MODEL in takes:
+        arguments += ["--model", str(params["model"])]
+    if RunParam.K in takes:
+        arguments += ["-k", str(params["k"])]
+    if RunParam.RETRAIN in takes and str(params["retrain_from_scratch"]).lower() == "true":
         arguments.append("--retrain")
     return arguments
 
@@ -175,7 +179,7 @@ def spark_master(settings: Settings) -> str:
 def stage_environment(settings: Settings, stage: str) -> dict[str, str]:
     """What a child job gets on top of the worker's environment: score's Spark backend runs
     on the master the Spark stages are submitted to."""
-    return {"CROSSREC_SPARK__MASTER": spark_master(settings)} if stage == "score" else {}
+    return {"CROSSREC_SPARK__MASTER": spark_master(settings)} if declared(stage).spark_backend else {}
 
 
 def job_script() -> str:
@@ -244,7 +248,13 @@ class StageJobOperator(BaseOperator):
     kills the task (timeout, marked failed, cleared), ``on_kill`` stops the job's whole
     process group, so no training keeps running behind a dead task."""
 
-    def __init__(self, *, settings: Settings, stage: str, **kwargs: Any) -> None:
+    def __init__(self, *, settings: Settings, stage: TimedTask, **kwargs: Any) -> None:
+        """Task id, queue and execution timeout come from the stage's declaration and the
+        settings unless given."""
+        kwargs.setdefault("task_id", stage)
+        kwargs.setdefault("execution_timeout", task_timeout(settings, stage))
+        if declared(stage).queue is Queue.TORCH and settings.orchestration.torch_queue:
+            kwargs.setdefault("queue", settings.orchestration.torch_queue)
         super().__init__(**kwargs)
         self.settings = settings
         self.stage = stage

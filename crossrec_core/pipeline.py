@@ -21,30 +21,15 @@ from typing import Any
 from crossrec_core.config import Settings
 from crossrec_core.contracts import StageStatus
 from crossrec_core.dates import parse_ds
-from crossrec_core.errors import InputError
 from crossrec_core.lake import Lake, LakeError
 from crossrec_core.reports import ALL_DOMAINS, StageReport, read_run_reports, stage_run
+from crossrec_core.stages import RUN_REPORT_STAGE, STAGE_LIST, declared
 
 log = logging.getLogger(__name__)
 
-# name -> "module:function"; imported lazily so that `crossrec recs` never loads Spark or torch
-STAGES: dict[str, str] = {
-    "clean": "crossrec_core.etl.clean:clean",
-    "featurize": "crossrec_core.etl.featurize:featurize",
-    "train": "crossrec_core.training:train_stage",
-    "evaluate": "crossrec_core.gate:evaluate_stage",
-    "score": "crossrec_core.scoring:score_stage",
-    "publish": "crossrec_core.publish:publish_stage",
-    "report": "crossrec_core.pipeline:report_stage",
-}
-PER_DOMAIN_STAGES = frozenset({"clean"})
-
 
 def stage_function(name: str) -> Callable[..., StageReport]:
-    try:
-        module_name, function_name = STAGES[name].split(":")
-    except KeyError:
-        raise InputError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
+    module_name, function_name = declared(name).function.split(":")
     return getattr(importlib.import_module(module_name), function_name)
 
 
@@ -54,7 +39,7 @@ def run_stages(settings: Settings, ds: str, stages: list[str]) -> list[StageRepo
     reports: list[StageReport] = []
     for name in stages:
         function = stage_function(name)
-        if name in PER_DOMAIN_STAGES:
+        if declared(name).per_domain:
             reports.extend(function(settings, ds, domain=domain) for domain in settings.domains.all)
         else:
             reports.append(function(settings, ds))
@@ -73,18 +58,18 @@ def summarise(lake: Lake, ds: str) -> list[dict[str, Any]]:
         metrics = json.loads(row["metrics"] or "{}")
         row["seconds"] = metrics.get("seconds")
         row["note"] = metrics.get("error") or metrics.get("reason") or ""
-    return [row for row in rows if row["stage"] != "report"]
+    return [row for row in rows if row["stage"] != RUN_REPORT_STAGE]
 
 
 def expected_stages(settings: Settings, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(stage, domain) of a complete night: score and publish are not expected once the gate said no."""
-    gated = any(r["stage"] == "evaluate" and r["status"] == StageStatus.GATED for r in rows)
+    gated = any(r["status"] == StageStatus.GATED for r in rows)
     expected = []
-    for stage in STAGES:
-        if stage == "report" or (gated and stage in ("score", "publish")):
+    for night_stage in STAGE_LIST:
+        if night_stage.closes_the_run or (gated and night_stage.held_back_by_gate):
             continue
-        domains = settings.domains.all if stage in PER_DOMAIN_STAGES else (ALL_DOMAINS,)
-        expected += [(stage, domain) for domain in domains]
+        domains = settings.domains.all if night_stage.per_domain else (ALL_DOMAINS,)
+        expected += [(night_stage.name, domain) for domain in domains]
     return expected
 
 

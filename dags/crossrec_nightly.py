@@ -21,7 +21,6 @@ from crossrec_core.config import load_settings
 
 settings = load_settings()
 assets = orchestration.assets(settings)
-torch_queue = {"queue": settings.orchestration.torch_queue} if settings.orchestration.torch_queue else {}
 
 
 @dag(
@@ -59,17 +58,15 @@ def crossrec_nightly():
     featurize = orchestration.spark_stage(settings, "featurize", task_id="featurize", outlets=[assets["features"]])
 
     def stage(name: str, **kwargs):
-        return orchestration.StageJobOperator(
-            task_id=name, settings=settings, stage=name, execution_timeout=orchestration.task_timeout(settings, name), **kwargs
-        )
+        return orchestration.StageJobOperator(settings=settings, stage=name, **kwargs)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=orchestration.task_timeout(settings, "gate"))
     def gate(**context):
         return orchestration.gate(settings, context)
 
-    train = stage("train", **torch_queue)
+    train = stage("train")
     evaluate = stage("evaluate")
-    score = stage("score", **torch_queue)
+    score = stage("score")
     publish = stage("publish", outlets=[assets["recommendations"]])
     report = stage("report", trigger_rule=TriggerRule.ALL_DONE, retries=0)
 

@@ -312,3 +312,29 @@ def alive(pid: int) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_every_declared_stage_is_a_task_run_as_declared(dag):
+    from typing import get_args
+
+    from crossrec_core.config import TimedTask
+    from crossrec_core.stages import STAGE_LIST, Engine
+
+    assert set(get_args(TimedTask)) == {stage.name for stage in STAGE_LIST} | {"gate"}  # every task has a timeout
+    for stage in STAGE_LIST:
+        tasks = [t for t in dag.tasks if t.task_id == stage.name or t.task_id.startswith(f"{stage.name}_")]
+        assert len(tasks) == (2 if stage.per_domain else 1), stage.name
+        for task in tasks:
+            assert type(task).__name__ == ("StageSparkSubmitOperator" if stage.engine is Engine.SPARK else "StageJobOperator"), task.task_id
+
+
+def test_a_torch_queue_routes_the_stages_declared_for_it(tmp_path):
+    from crossrec_core import orchestration
+    from crossrec_core.config import load_settings
+    from crossrec_core.stages import STAGE_LIST, Engine, Queue
+
+    settings = load_settings(lake=tmp_path / "lake", orchestration={"torch_queue": "gpu"})
+    for stage in (s for s in STAGE_LIST if s.engine is Engine.PYTHON):
+        task = orchestration.StageJobOperator(settings=settings, stage=stage.name)
+        assert (task.queue == "gpu") is (stage.queue is Queue.TORCH), stage.name
+        assert task.execution_timeout == orchestration.task_timeout(settings, stage.name)

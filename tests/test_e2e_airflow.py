@@ -15,9 +15,9 @@ from crossrec_core.demo import run_nights
 from crossrec_core.ingest.demo_data import generate_demo_data
 from crossrec_core.lake import Lake
 from crossrec_core.model_store import candidate_version
-from crossrec_core.pipeline import STAGES
 from crossrec_core.reports import read_run_reports
 from crossrec_core.serving import snapshot
+from crossrec_core.stages import STAGES
 
 pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.slow]
 

@@ -15,6 +15,7 @@ import yaml
 from crossrec_core.config import ConfigError, load_settings
 from crossrec_core.jobs import argument_parser, job_settings
 from crossrec_core.orchestration import stage_arguments
+from crossrec_core.stages import STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load(resources.files("crossrec_core").joinpath("defaults.yaml").read_text())
@@ -68,7 +69,7 @@ def test_dag_trigger_params_beat_the_workers_environment(monkeypatch, tmp_path):
     params = {"source_domain": "movies", "target_domain": "books", "model": "dann", "k": 20, "retrain_from_scratch": True}
     arguments = stage_arguments(load_settings(lake=tmp_path), "train", "2026-01-02", params)
 
-    settings = job_settings(argument_parser("train").parse_args(arguments))
+    settings = job_settings(argument_parser(STAGES["train"]).parse_args(arguments))
 
     assert (settings.model.name, settings.score.k, settings.model.warm_start) == ("dann", 20, False)
     assert (settings.source, settings.target, settings.lake) == ("movies", "books", tmp_path.resolve())

@@ -15,8 +15,8 @@ import pytest
 
 from crossrec_core.contracts import RECOMMENDATIONS
 from crossrec_core.lake import Lake
-from crossrec_core.pipeline import PER_DOMAIN_STAGES, STAGES
 from crossrec_core.serving import snapshot
+from crossrec_core.stages import STAGE_LIST
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -46,8 +46,8 @@ def test_a_wheel_installed_outside_the_checkout_runs_demo_data_and_every_stage(t
     assert all(Path(line).is_relative_to(site) for line in located.split()), located
     run("-m", "crossrec_core", "demo-data", "--users", "150", "--days", "1", "--end-date", DS)
     domains = run("-c", "from crossrec_core.config import load_settings; print(*load_settings().domains.all)").split()
-    for stage in STAGES:
-        for domain in domains if stage in PER_DOMAIN_STAGES else [None]:
-            run("-m", "crossrec_core.jobs", stage, "--ds", DS, *(["--domain", domain] if domain else []))
+    for stage in STAGE_LIST:
+        for domain in domains if stage.per_domain else [None]:
+            run("-m", "crossrec_core.jobs", stage.name, "--ds", DS, *(["--domain", domain] if domain else []))
     served = snapshot(Lake(tmp_path / "lake"), RECOMMENDATIONS).dataset.to_table()
     assert served.num_rows > 0 and set(served["ds"].to_pylist()) == {DS}

@@ -8,15 +8,14 @@ from typing import Annotated
 import typer
 
 from crossrec_core.commands.common import ConfigOption, LakeOption, console, settings_from
+from crossrec_core.stages import STAGES
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         ds: Annotated[str, typer.Option("--ds", help="run date YYYY-MM-DD")],
-        stages: Annotated[
-            str, typer.Option("--stages", help="comma-separated stages, in order")
-        ] = "clean,featurize,train,evaluate,score,publish,report",
+        stages: Annotated[str, typer.Option("--stages", help="comma-separated stages, in order")] = ",".join(STAGES),
         model: Annotated[str | None, typer.Option("--model", help="model name or 'auto' (overrides config)")] = None,
         k: Annotated[int | None, typer.Option("-k", min=1, help="recommendations per user (overrides config)")] = None,
         retrain: Annotated[bool, typer.Option("--retrain", help="train from scratch, no warm start")] = False,
