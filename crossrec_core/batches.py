@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from crossrec_core.data import FeatureSet
+from crossrec_core.data import FeatureSet, entry_rows
 from crossrec_core.errors import MissingDataError
 
 
@@ -33,7 +33,7 @@ def batch_key(field: str, domain: str) -> str:
 
 def csr_coordinates(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, column, value) arrays of a CSR matrix, rows expanded from ``indptr``."""
-    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    rows = entry_rows(np.diff(matrix.indptr))
     return rows, matrix.indices.astype(np.int64), matrix.data.astype(np.float32)
 
 

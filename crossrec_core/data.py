@@ -16,6 +16,12 @@ import scipy.sparse as sp
 from crossrec_core.contracts import Segment
 
 
+def entry_rows(lengths: np.ndarray) -> np.ndarray:
+    """The row of every stored entry, from the rows' lengths (``np.diff(indptr)`` of a CSR
+    matrix, or the lengths of item lists): rows 0, 0, 1, 2, 2, 2 for lengths 2, 1, 3."""
+    return np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+
+
 @dataclass
 class FeatureSet:
     """Everything a model sees for one run (one ds, or one offline dataset split).

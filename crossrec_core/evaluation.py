@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 
 from crossrec_core.contracts import Segment
-from crossrec_core.data import FeatureSet
+from crossrec_core.data import FeatureSet, entry_rows
 from crossrec_core.errors import InputError
 from crossrec_core.metrics import PAD, catalog_coverage, hit_rate_at_k, mrr_at_k, ndcg_at_k, recall_at_k
 from crossrec_core.models.base import Recommender
@@ -93,7 +93,7 @@ def _pair_keys(matrix: sp.csr_matrix) -> np.ndarray:
     """Sorted int64 keys user * n_items + item of the nonzeros of a CSR matrix."""
     matrix = matrix.tocsr(copy=True)
     matrix.sum_duplicates()
-    return np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr)) * matrix.shape[1] + matrix.indices
+    return entry_rows(np.diff(matrix.indptr)) * matrix.shape[1] + matrix.indices
 
 
 def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
@@ -156,7 +156,7 @@ def _sampled_ranking(model, features, users, holdout, n_negatives, k, block_size
     item at its rank among the sampled candidates when that rank is below k, PAD elsewhere;
     plus the one-item ground truth."""
     n_items = features.n_items(features.target)
-    pair_row = np.repeat(np.arange(len(users)), np.diff(holdout.indptr))  # pairs are grouped by user (CSR)
+    pair_row = entry_rows(np.diff(holdout.indptr))  # pairs are grouped by user (CSR)
     positives = holdout.indices.astype(np.int64)
     negatives = sample_negatives(features, users[pair_row], n_negatives, np.random.default_rng(seed))
     ranks = np.empty(len(pair_row), dtype=np.int64)

@@ -36,6 +36,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from crossrec_core.data import entry_rows
+
 PAD = -1  # marks an empty slot in a row of ``recommended``
 
 
@@ -43,7 +45,7 @@ def relevance_matrix(item_lists: Sequence[Sequence[int]], n_items: int) -> sp.cs
     """Ground truth as a binary CSR [len(item_lists), n_items] from lists of item keys."""
     lengths = np.fromiter((len(items) for items in item_lists), dtype=np.int64, count=len(item_lists))
     columns = np.concatenate([np.asarray(items, dtype=np.int64) for items in item_lists]) if lengths.sum() else np.empty(0, np.int64)
-    rows = np.repeat(np.arange(len(item_lists)), lengths)
+    rows = entry_rows(lengths)
     matrix = sp.csr_matrix((np.ones(columns.size, np.float32), (rows, columns)), shape=(len(item_lists), n_items))
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
@@ -87,7 +89,7 @@ def hits_at_k(recommended: np.ndarray, relevant, k: int) -> tuple[np.ndarray, np
         raise ValueError(f"recommended row {row} repeats an item: {recommended[row, :k].tolist()}")
     # A (row, item) pair as one int64: relevant pairs are sorted (CSR, sorted indices),
     # so membership of every recommended pair is one searchsorted.
-    truth_keys = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(truth.indptr)) * n_items + truth.indices
+    truth_keys = entry_rows(np.diff(truth.indptr)) * n_items + truth.indices
     rec_keys = np.arange(n_users, dtype=np.int64)[:, None] * n_items + top
     if not truth_keys.size:
         return np.zeros(top.shape, bool), np.diff(truth.indptr)

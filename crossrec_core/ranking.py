@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from crossrec_core.data import FeatureSet
+from crossrec_core.data import FeatureSet, entry_rows
 from crossrec_core.metrics import PAD
 from crossrec_core.models.base import Recommender
 
@@ -74,7 +74,7 @@ def block_top_k(
     out = block.take(len(keys), item_vectors.shape[0], device)
     scores = model.score(domain, keys, item_vectors, out=out).float()
     if excluded.nnz:
-        rows = torch.as_tensor(np.repeat(np.arange(excluded.shape[0]), np.diff(excluded.indptr)), device=device)
+        rows = torch.as_tensor(entry_rows(np.diff(excluded.indptr)), device=device)
         scores[rows, torch.as_tensor(excluded.indices, dtype=torch.long, device=device)] = -torch.inf
     values, items = top_k(scores, k)
     nan_rows = torch.isnan(values).any(1)  # torch.topk ranks NaN above every number

@@ -41,7 +41,7 @@ from torch import nn
 
 from crossrec_core.batches import batch_key
 from crossrec_core.config import ModelSettings
-from crossrec_core.data import FeatureSet
+from crossrec_core.data import FeatureSet, entry_rows
 from crossrec_core.models.base import dot_scores
 from crossrec_core.models.encoders import DANN, TEMPERATURE
 from crossrec_core.models.item_knn import csr_tensor, multi_hot, pair_lookup, top_contributors
@@ -60,7 +60,7 @@ def memory_support(features: FeatureSet, alpha: float, keep: int) -> tuple[sp.cs
     weights.eliminate_zeros()
     lengths = np.diff(weights.indptr)
     if lengths.max(initial=0) > keep:
-        rows = np.repeat(np.arange(weights.shape[0]), lengths)
+        rows = entry_rows(lengths)
         order = np.lexsort((-weights.data, rows))  # by row, strongest first
         rank = np.arange(weights.nnz) - weights.indptr[rows[order]]
         kept = order[rank < keep]

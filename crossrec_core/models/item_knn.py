@@ -50,7 +50,7 @@ import scipy.sparse as sp
 import torch
 
 from crossrec_core.config import ModelSettings
-from crossrec_core.data import FeatureSet
+from crossrec_core.data import FeatureSet, entry_rows
 from crossrec_core.models.base import Recommender
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def padded_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, 
     lengths = np.diff(block.indptr)
     width = max(int(lengths.max(initial=0)), 1)
     position = np.arange(block.nnz) - np.repeat(block.indptr[:-1], lengths)
-    owner = np.repeat(np.arange(len(rows)), lengths)
+    owner = entry_rows(lengths)
     keys = np.zeros((len(rows), width), dtype=np.int64)
     present = np.zeros((len(rows), width), dtype=bool)
     keys[owner, position] = block.indices
