@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from bench.common import REPO, figure, machine, save_figure, two_tower, write_section
+from bench.common import REPO, figure, link_figure, machine, two_tower, write_section
 from crossrec_core.config import load_settings
 from crossrec_core.datasets import load_pairs, load_recbole
 from crossrec_core.evaluation import evaluate_model
@@ -165,7 +165,7 @@ def plot(rows: list[tuple[str, float, float, float]]) -> str:
     ax.set_ylabel("NDCG@10 (full ranking, test)")
     ax.set_title("Quality against Spark MLlib ALS")
     ax.legend()
-    return save_figure(fig, "als_quality")
+    return link_figure(fig, "als_quality")
 
 
 def section(results: list[dict], speed: dict, command: str) -> str:

@@ -6,6 +6,7 @@ import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -38,20 +39,30 @@ def figure(width: float = 7.0, height: float = 4.0):
     return plt.subplots(figsize=(width, height))
 
 
-def save_figure(fig, name: str, page: Path = DOCS) -> str:
-    """Save ``fig`` as ``bench/<name>.png`` beside ``page``; return the Markdown that shows it."""
-    import matplotlib.pyplot as plt
+# Figures drawn by a benchmark wait here until its section is written (--write-docs): a run
+# without it leaves docs/ untouched.
+_UNWRITTEN: dict[str, Any] = {}
 
-    path = page.parent / "bench" / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+def link_figure(fig, name: str) -> str:
+    """The Markdown that shows ``fig`` as ``bench/<name>.png`` beside the page; the file
+    itself is written with the section (:func:`write_section`)."""
+    _UNWRITTEN[name] = fig
     return f"![{name}](bench/{name}.png)"
 
 
 def write_section(section: str, text: str, page: Path = DOCS) -> None:
-    """Replace (or append) the ``section`` heading's part of ``page``, leaving the others alone."""
+    """Replace (or append) the ``section`` heading's part of ``page``, leaving the others
+    alone, and write the figures the section links to beside it."""
+    import matplotlib.pyplot as plt
+
+    for name, fig in _UNWRITTEN.items():
+        path = page.parent / "bench" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    _UNWRITTEN.clear()
     current = page.read_text() if page.exists() else "# Benchmarks\n"
     start = current.find(section + "\n")
     if start < 0:

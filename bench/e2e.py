@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import figure, machine, save_figure, write_section
+from bench.common import figure, link_figure, machine, write_section
 from crossrec_core.config import load_settings
 from crossrec_core.demo import run_nights
 from crossrec_core.ingest.demo_data import EVENTS_PER_USER_PER_DAY, TARGET_VOLUME, generate_demo_data
@@ -56,7 +56,7 @@ def plot(result: dict) -> str:
     ax.barh(labels[::-1], [s["seconds"] for s in stages][::-1])
     ax.set_xlabel("stage seconds")
     ax.set_title(f"Nightly run, {result['events']:,} events, model {result['model']}: {result['wall_seconds']:.0f} s wall clock")
-    return save_figure(fig, "e2e")
+    return link_figure(fig, "e2e")
 
 
 def section(result: dict, command: str) -> str:

@@ -36,7 +36,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import typer
 
-from bench.common import REPO, figure, save_figure, write_section
+from bench.common import REPO, figure, link_figure, write_section
 from bench.duckdb_clean import clean_partition
 
 SECTION = "## ETL (clean + featurize)"
@@ -178,7 +178,7 @@ def plot(results: list[dict]) -> str:
     ax.set_title("ETL time against input size (Spark local[2])")
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_figure(fig, "etl_scaling")
+    return link_figure(fig, "etl_scaling")
 
 
 def table(results: list[dict], command: str) -> str:

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import torch
 import typer
 
-from bench.common import REPO, figure, save_figure, write_section
+from bench.common import REPO, figure, link_figure, write_section
 
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
@@ -189,7 +189,7 @@ def plot(blocks: list[dict]) -> str:
     ax.set_ylabel("effective GFLOP/s")
     ax.set_title("Scoring throughput against the machine's matmul")
     ax.legend()
-    return save_figure(fig, "scoring")
+    return link_figure(fig, "scoring")
 
 
 def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: int) -> str:

@@ -25,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from bench.common import REPO, figure, save_figure, write_section
+from bench.common import REPO, figure, link_figure, write_section
 
 SECTION = "## Training throughput"
 MODELS = ("target_only", "joint_mf", "emcdr", "dann", "mmd")
@@ -77,7 +77,7 @@ def plot(results: list[dict]) -> str:
     ax.set_title("Training throughput, 2 CPU cores")
     if goals:
         ax.legend()
-    return save_figure(fig, "train_speed")
+    return link_figure(fig, "train_speed")
 
 
 def table(results: list[dict], command: str, load_before: str) -> str:

@@ -43,7 +43,6 @@ def airflow_environment(settings: Settings, airflow_home: Path) -> dict[str, str
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__WORKERS": "1",
             "CROSSREC_LAKE": str(Path(settings.lake).resolve()),
-            "SPARK_LOCAL_IP": "127.0.0.1",
             # spark-submit ships in this environment's bin/; SparkSubmitOperator looks for it on PATH
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         }

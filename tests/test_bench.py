@@ -42,3 +42,19 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
         [sys.executable, "-m", "bench", "--smoke", "--only", "eval_speed"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0 and page.read_text().count("## Evaluation speed\n") == 1  # replaced, not appended
+
+
+def test_a_benchmark_without_write_docs_leaves_the_docs_untouched(tmp_path):
+    page = tmp_path / "docs" / "BENCHMARKS.md"
+    env = {**os.environ, "CROSSREC_BENCH_DOCS": str(page)}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.score_speed", "--users", "2000", "--items", "1000", "--block-sizes", "256"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "![scoring](bench/scoring.png)" in run.stdout  # the section is printed
+    assert not (tmp_path / "docs").exists()  # neither the page nor its figures are written
