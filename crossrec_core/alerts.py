@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from crossrec_core.contracts import ALERTS, AlertKind
-from crossrec_core.lake import Lake
+from crossrec_core.lake import Lake, retry_commit
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,6 @@ def record(lake: Lake, alert: Alert, webhook_outcome: str) -> None:
     kind) replaces its row instead of adding one."""
     import pyarrow as pa
     from deltalake import write_deltalake
-    from deltalake.exceptions import CommitFailedError
 
     row = {
         "raised_at": alert.raised_at,
@@ -99,14 +97,11 @@ def record(lake: Lake, alert: Alert, webhook_outcome: str) -> None:
         f"ds = {quoted(alert.ds)} AND run_id = {quoted(alert.run_id)} AND task_id = {quoted(alert.task_id)} "
         f"AND kind = {quoted(str(alert.kind))} AND try_number = {int(alert.try_number)}"
     )
-    for attempt in range(20):  # two tasks of one night may fail at the same moment
-        try:
-            write_deltalake(str(lake.table_root(ALERTS)), data, mode="overwrite", predicate=predicate, partition_by=ALERTS.partition_names)
-            return
-        except CommitFailedError:
-            if attempt == 19:
-                raise
-            time.sleep(0.05 * (attempt + 1))
+    retry_commit(  # two tasks of one night may fail at the same moment
+        lambda: write_deltalake(
+            str(lake.table_root(ALERTS)), data, mode="overwrite", predicate=predicate, partition_by=ALERTS.partition_names
+        )
+    )
 
 
 def raise_alert(lake: Lake, alert: Alert, webhook: Webhook | None) -> str:

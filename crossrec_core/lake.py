@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -41,6 +41,26 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+COMMIT_ATTEMPTS = 20
+
+
+def retry_commit(commit: Callable[[], T]) -> T:
+    """Run ``commit`` (a Delta write) again while a concurrent commit wins the race.
+    delta-rs rebases a commit only when nothing it read changed; crossrec's writes replace
+    a partition or a row (overwrite with a predicate), so a neighbour's commit to the same
+    partition (the other domain's clean, a second alert) makes delta-rs give up with
+    CommitFailedError. Repeating the write reads the new snapshot and then succeeds."""
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(COMMIT_ATTEMPTS - 1):
+        try:
+            return commit()
+        except CommitFailedError:
+            time.sleep(0.05 * (attempt + 1))
+    return commit()
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
@@ -309,7 +329,6 @@ class Lake:
         when a concurrent commit (another domain's task) wins the race.
         """
         from deltalake import CommitProperties
-        from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import AddAction
 
         if table.format is not TableFormat.DELTA:
@@ -340,25 +359,21 @@ class Lake:
             )
         predicate = [(k, "=", str(values[k])) for k in table.partition_names]
         schema = dt.schema()
-        for attempt in range(20):
-            try:
-                dt.update_incremental()
-                dt.create_write_transaction(
-                    actions,
-                    mode="overwrite",
-                    schema=schema,
-                    partition_by=table.partition_names,
-                    partition_filters=predicate,
-                    commit_properties=CommitProperties(custom_metadata={"crossrec": json.dumps(metrics or {})}),
-                )
-                break
-            except CommitFailedError:
-                if attempt == 19:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-                dt = self.delta_table(table)
-        dt.update_incremental()
-        return dt.version()
+
+        def commit() -> int:
+            current = self.delta_table(table)
+            current.create_write_transaction(
+                actions,
+                mode="overwrite",
+                schema=schema,
+                partition_by=table.partition_names,
+                partition_filters=predicate,
+                commit_properties=CommitProperties(custom_metadata={"crossrec": json.dumps(metrics or {})}),
+            )
+            current.update_incremental()
+            return current.version()
+
+        return retry_commit(commit)
 
     def write_delta_partition(self, table: Table, data: pa.Table, metrics: dict[str, Any] | None = None, **values: str) -> int:
         """Validate an Arrow table and commit it as partition ``values`` (one commit)."""

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from crossrec_core.contracts import RUN_REPORTS, StageStatus
-from crossrec_core.lake import Lake
+from crossrec_core.lake import Lake, retry_commit
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ class StageReport:
 
 def _record(lake: Lake, report: StageReport, started_at: datetime, finished_at: datetime) -> None:
     from deltalake import write_deltalake
-    from deltalake.exceptions import CommitFailedError
 
     row = {
         "stage": report.stage,
@@ -59,20 +58,11 @@ def _record(lake: Lake, report: StageReport, started_at: datetime, finished_at: 
     data = RUN_REPORTS.validate(pa.Table.from_pylist([row]), with_partitions=True)
     lake._ensure_delta(RUN_REPORTS)
     predicate = f"ds = '{report.ds}' AND stage = '{report.stage}' AND domain = '{report.domain}'"
-    for attempt in range(20):  # parallel per-domain tasks commit concurrently
-        try:
-            write_deltalake(
-                str(lake.table_root(RUN_REPORTS)),
-                data,
-                mode="overwrite",
-                predicate=predicate,
-                partition_by=RUN_REPORTS.partition_names,
-            )
-            return
-        except CommitFailedError:
-            if attempt == 19:
-                raise
-            time.sleep(0.05 * (attempt + 1))
+    retry_commit(  # parallel per-domain tasks commit concurrently
+        lambda: write_deltalake(
+            str(lake.table_root(RUN_REPORTS)), data, mode="overwrite", predicate=predicate, partition_by=RUN_REPORTS.partition_names
+        )
+    )
 
 
 @contextmanager
