@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {name}: {SHARED_AMAZON} is absent", flush=True)
             continue
         full, smoke = BENCHMARKS[name]
-        command = [sys.executable, "-m", f"bench.{name}", *(smoke if args.smoke else full), "--write-docs"]
+        # the section, its figures and its machine-readable summary, beside the page
+        summary = DOCS.parent / "bench" / f"{name}.json"
+        command = [sys.executable, "-m", f"bench.{name}", *(smoke if args.smoke else full), "--write-docs", "--json", str(summary)]
         print(f"== {' '.join(command[1:])}", flush=True)
         if subprocess.call(command, cwd=REPO):
             print(f"{name} failed", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,37 @@ def machine() -> str:
     )
     memory = psutil.virtual_memory().total / 2**30
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal of docs/BENCHMARKS.md and the figure measured for it."""
+
+    what: str
+    measured: float
+    target: float
+    at_most: bool = False  # the goal is measured <= target (a time), else >= (a rate)
+
+    @property
+    def met(self) -> bool:
+        return self.measured <= self.target if self.at_most else self.measured >= self.target
+
+    @property
+    def verdict(self) -> str:
+        return "met" if self.met else "NOT met"
+
+
+def write_summary(path: Path, benchmark: str, command: str, goals: list[Goal], results: Any) -> None:
+    """``--json PATH``: the run's figures, each goal with its measured figure and verdict."""
+    summary = {
+        "benchmark": benchmark,
+        "command": command,
+        "machine": machine(),
+        "goals": [{**asdict(goal), "met": goal.met} for goal in goals],
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def figure(width: float = 7.0, height: float = 4.0):

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import figure, link_figure, machine, write_section
+from bench.common import Goal, figure, link_figure, machine, write_section, write_summary
 from crossrec_core.config import load_settings
 from crossrec_core.demo import run_nights
 from crossrec_core.ingest.demo_data import EVENTS_PER_USER_PER_DAY, TARGET_VOLUME, generate_demo_data
@@ -59,6 +59,10 @@ def plot(result: dict) -> str:
     return link_figure(fig, "e2e")
 
 
+def goals(result: dict) -> list[Goal]:
+    return [Goal("whole DAG run, wall-clock seconds", result["wall_seconds"], GOAL_SECONDS, at_most=True)]
+
+
 def section(result: dict, command: str) -> str:
     lines = [
         SECTION,
@@ -74,7 +78,7 @@ def section(result: dict, command: str) -> str:
         lines.append(
             f"| {s['stage']} | {s['domain']} | {s['rows_in']:,} | {s['rows_out']:,} | {s['rows_quarantined']:,} | {s['seconds']:.1f} |"
         )
-    met = "met" if result["wall_seconds"] <= GOAL_SECONDS else "NOT met"
+    met = goals(result)[0].verdict
     lines += [
         "",
         f"Whole DAG run, wall clock (Airflow and process start-up included): **{result['wall_seconds']:.0f} s**; "
@@ -90,12 +94,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--model", default="auto", help="model param of the run (default: the config's auto)")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--json", type=Path, help="write a machine-readable summary (goals, verdicts) here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="crossrec-e2e-") as workdir:
         result = run(args.events, Path(workdir), args.model)
     command = f"python -m bench.e2e --events {args.events}" + (f" --model {args.model}" if args.model != "auto" else "")
     text = section(result, command)
     print(text)
+    if args.json:
+        write_summary(args.json, "e2e", command, goals(result), result)
     if args.write_docs:
         write_section(SECTION, text)
     return result

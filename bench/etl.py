@@ -36,13 +36,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import typer
 
-from bench.common import REPO, figure, link_figure, write_section
+from bench.common import REPO, Goal, figure, link_figure, write_section, write_summary
 from bench.duckdb_clean import clean_partition
 
 SECTION = "## ETL (clean + featurize)"
 DS = "2026-03-10"
 SOURCE, TARGET = "movies", "books"
-# issue 2's goals: >= 150,000 events/s at 5M events, and 5M taking at most 5.5x the 1M time
+# the goals: >= 150,000 events/s and Spark clean within 3x DuckDB from 5M events up, and
+# 5M taking at most 5.5x the 1M time
 GOAL_EVENTS, BASE_EVENTS = 5_000_000, 1_000_000
 GOAL_EVENTS_PER_S = 150_000
 GOAL_SCALING = 5.5
@@ -181,6 +182,26 @@ def plot(results: list[dict]) -> str:
     return link_figure(fig, "etl_scaling")
 
 
+def goals(results: list[dict]) -> list[Goal]:
+    """The goals of the sizes measured (from GOAL_EVENTS events up; scaling when both ends ran)."""
+    totals = {r["events"]: r["clean_source"] + r["clean_target"] + r["featurize"] for r in results}
+    found = []
+    for r in results:
+        if r["events"] >= GOAL_EVENTS:
+            found.append(Goal(f"events/s end to end at {r['events']:,} events", r["events"] / totals[r["events"]], GOAL_EVENTS_PER_S))
+            found.append(Goal(f"Spark clean / DuckDB at {r['events']:,} events", clean_ratio(r), GOAL_DUCKDB_RATIO, at_most=True))
+    if GOAL_EVENTS in totals and BASE_EVENTS in totals:
+        found.append(
+            Goal(
+                f"{GOAL_EVENTS:,}-event time / {BASE_EVENTS:,}-event time",
+                totals[GOAL_EVENTS] / totals[BASE_EVENTS],
+                GOAL_SCALING,
+                at_most=True,
+            )
+        )
+    return found
+
+
 def table(results: list[dict], command: str) -> str:
     memory_gib = psutil.virtual_memory().total / 2**30
     lines = [
@@ -215,22 +236,11 @@ def table(results: list[dict], command: str) -> str:
             for r in results
         )
         + ".",
-        f"Goal Spark clean within {GOAL_DUCKDB_RATIO}x of DuckDB: {'met' if worst <= GOAL_DUCKDB_RATIO else 'MISSED'} (worst {worst:.1f}x).",
+        f"Spark clean / DuckDB: worst {worst:.1f}x.",
+        "",
     ]
+    lines += [f"Goal: {goal.what}: {goal.verdict} ({goal.measured:,.2f})." for goal in goals(results)]
     totals = {r["events"]: r["clean_source"] + r["clean_target"] + r["featurize"] for r in results}
-    if GOAL_EVENTS in totals:
-        rate = GOAL_EVENTS / totals[GOAL_EVENTS]
-        lines += [
-            "",
-            f"Goal >= {GOAL_EVENTS_PER_S:,} events/s end to end at {GOAL_EVENTS:,} events: "
-            f"{'met' if rate >= GOAL_EVENTS_PER_S else 'MISSED'} ({rate:,.0f}).",
-        ]
-        if BASE_EVENTS in totals:
-            ratio = totals[GOAL_EVENTS] / totals[BASE_EVENTS]
-            lines.append(
-                f"Goal {GOAL_EVENTS:,}-event time <= {GOAL_SCALING}x the {BASE_EVENTS:,}-event time: "
-                f"{'met' if ratio <= GOAL_SCALING else 'MISSED'} ({ratio:.2f}x)."
-            )
     sizes = sorted(totals)
     if len(sizes) > 1:  # linear means the time grows no faster than the events
         steps = [
@@ -246,6 +256,7 @@ def table(results: list[dict], command: str) -> str:
 def main(
     sizes: Annotated[str, typer.Option(help="comma-separated raw event counts")] = "1000000,5000000",
     write_docs: Annotated[bool, typer.Option("--write-docs", help="write the table into docs/BENCHMARKS.md")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write a machine-readable summary (goals, verdicts) here")] = None,
     one: Annotated[int, typer.Option(hidden=True, help="internal: measure one size in this process")] = 0,
 ) -> None:
     if one:
@@ -268,6 +279,8 @@ def main(
     command = "python -m bench.etl" + (f" --sizes {sizes}" if sizes != "1000000,5000000" else "") + (" --write-docs" if write_docs else "")
     text = table(results, command)
     print(text)
+    if json_path:
+        write_summary(json_path, "etl", command, goals(results), results)
     if write_docs:
         write_section(SECTION, text)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bench.common import REPO, machine, write_section
+from bench.common import REPO, Goal, machine, write_section, write_summary
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, FEATURE_INTERACTIONS, SCORES
 from crossrec_core.lake import Lake, MissingPartitionError
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--json", type=Path, help="write a machine-readable summary (goals, verdicts) here")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="crossrec-crash-") as workdir:
@@ -207,6 +208,17 @@ def main(argv: list[str] | None = None) -> None:
         )
     text = "\n".join(lines) + "\n"
     print(text)
+    if args.json:
+        goals = [
+            Goal(f"{stage}: share of trials {what}", sum(r[field] for r in rows) / len(rows), 1.0)
+            for stage in args.stages.split(",")
+            if (rows := [r for r in results if r["stage"] == stage])
+            for field, what in (
+                ("reader_saw_only_complete", "whose reader saw only complete partitions"),
+                ("rerun_equal", "whose rerun equals an uninterrupted run"),
+            )
+        ]
+        write_summary(args.json, "reliability", f"python -m bench.reliability --seeds {args.seeds}", goals, results)
     if args.write_docs:
         write_section(SECTION, text, page=REPO / "docs" / "RELIABILITY.md")
 

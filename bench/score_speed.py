@@ -34,6 +34,7 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -41,7 +42,7 @@ import scipy.sparse as sp
 import torch
 import typer
 
-from bench.common import REPO, figure, link_figure, write_section
+from bench.common import REPO, Goal, figure, link_figure, write_section, write_summary
 
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
@@ -54,7 +55,7 @@ from crossrec_core.models.base import build_model
 from crossrec_core.publish import publish_scores
 
 SECTION = "## Scoring"
-GOAL_RATIO, GOAL_SECONDS = 0.6, 60.0
+GOAL_RATIO, GOAL_SECONDS = 0.95, 60.0
 DS = "2026-01-05"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -146,6 +147,7 @@ def measure_block(model, features: FeatureSet, k: int, block_size: int) -> dict:
         "scorer_gflops": flops / spent["wall"] / 1e9,
         "ratio": reference["wall"] / spent["wall"],
         "ceiling": reference["wall"] / with_top_k["wall"],
+        "topk_ratio": with_top_k["wall"] / spent["wall"],  # the scorer against matmul + torch.topk
         "cpu_ratio": reference["cpu"] / spent["cpu"],
         "peak_mib": (memory["peak"] - memory["start"]) / 2**20,
         "budget_mib": block_size * n_items * 4 / 2**20,
@@ -192,10 +194,17 @@ def plot(blocks: list[dict]) -> str:
     return link_figure(fig, "scoring")
 
 
+def goals(blocks: list[dict], job: dict) -> list[Goal]:
+    best = max(blocks, key=lambda b: b["topk_ratio"])
+    return [
+        Goal(f"scorer / (matmul + torch.topk), wall clock, block size {best['block_size']:,}", best["topk_ratio"], GOAL_RATIO),
+        Goal("whole score job incl. the Delta commit, seconds", job["seconds"], GOAL_SECONDS, at_most=True),
+    ]
+
+
 def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: int) -> str:
     best = max(blocks, key=lambda b: b["ratio"])
-    ratio_met = best["ratio"] >= GOAL_RATIO
-    job_met = job["seconds"] <= GOAL_SECONDS
+    ratio_goal, job_goal = goals(blocks, job)
     load = os.getloadavg()
     lines = [
         SECTION,
@@ -207,12 +216,12 @@ def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: in
         f"Shape: {shape['users']:,} users x {shape['items']:,} items, d={shape['dim']}, K={shape['k']}, "
         f"{shape['history']} seen items per user excluded; model target_only (random weights).",
         "",
-        "| block size | matmul GFLOP/s | scorer GFLOP/s | ratio (wall) | ratio (CPU time) | matmul + topk alone: ratio | users/s | scorer s | peak MiB over start | block budget MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| block size | matmul GFLOP/s | scorer GFLOP/s | ratio (wall) | ratio (CPU time) | matmul + topk alone: ratio | scorer / (matmul + topk) | users/s | scorer s | peak MiB over start | block budget MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for b in blocks:
         lines.append(
-            f"| {b['block_size']:,} | {b['matmul_gflops']:.1f} | {b['scorer_gflops']:.1f} | {b['ratio']:.2f} | {b['cpu_ratio']:.2f} | {b['ceiling']:.2f} "
+            f"| {b['block_size']:,} | {b['matmul_gflops']:.1f} | {b['scorer_gflops']:.1f} | {b['ratio']:.2f} | {b['cpu_ratio']:.2f} | {b['ceiling']:.2f} | {b['topk_ratio']:.2f} "
             f"| {b['users_per_second']:,.0f} | {b['scorer_seconds']:.1f} | {b['peak_mib']:,.0f} | {b['budget_mib']:,.0f} |"
         )
     lines += [
@@ -222,9 +231,9 @@ def report(command: str, shape: dict, blocks: list[dict], job: dict, threads: in
         f"({job['score_seconds']:.1f} s scoring and Parquet, {job['publish_seconds']:.1f} s commit), "
         f"{job['rows']:,} rows, {job['bytes'] / 2**20:,.0f} MiB, {job['users_per_second']:,.0f} users/s.",
         "",
-        f"Goals: scorer/matmul ratio >= {GOAL_RATIO}: {'met' if ratio_met else 'NOT met'} (best wall-clock ratio "
-        f"{best['ratio']:.2f} at block size {best['block_size']:,}, CPU-time ratio {best['cpu_ratio']:.2f}); "
-        f"whole job <= {GOAL_SECONDS:.0f} s: {'met' if job_met else 'NOT met'} ({job['seconds']:.1f} s).",
+        f"Goals: scorer >= {GOAL_RATIO}x the matmul + torch.topk reference: {ratio_goal.verdict} ({ratio_goal.measured:.2f}; "
+        f"against the plain matmul: best {best['ratio']:.2f} at block size {best['block_size']:,}, CPU time {best['cpu_ratio']:.2f}); "
+        f"whole job <= {GOAL_SECONDS:.0f} s: {job_goal.verdict} ({job['seconds']:.1f} s).",
         "",
         '"matmul + topk alone": the matmul reference with each block\'s torch.topk(K + 1) added and nothing else, '
         "the ceiling of any scorer that keeps torch.topk's exact selection.",
@@ -244,6 +253,7 @@ def main(
     block_sizes: Annotated[str, typer.Option(help="comma-separated block sizes to try")] = "256,1024,4096",
     threads: Annotated[int, typer.Option(help="torch threads")] = 2,
     write_docs: Annotated[bool, typer.Option(help="write the results into docs/BENCHMARKS.md")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write a machine-readable summary (goals, verdicts) here")] = None,
 ) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -265,6 +275,8 @@ def main(
     command = "python -m bench.score_speed " + " ".join(sys.argv[1:])
     text = report(command.strip(), {"users": users, "items": items, "dim": dim, "k": k, "history": history}, blocks, job, threads)
     print(text)
+    if json_path:
+        write_summary(json_path, "score_speed", command.strip(), goals(blocks, job), {"blocks": blocks, "job": job})
     if write_docs:
         write_section(SECTION, text)
 

@@ -25,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from bench.common import REPO, figure, link_figure, write_section
+from bench.common import REPO, Goal, figure, link_figure, write_section, write_summary
 
 SECTION = "## Training throughput"
 MODELS = ("target_only", "joint_mf", "emcdr", "dann", "mmd")
@@ -96,15 +96,23 @@ def table(results: list[dict], command: str, load_before: str) -> str:
         "| model | interactions / epoch | examples/s | s / epoch | peak RSS (MiB) | of which data (MiB) | goal |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
+    verdicts = {goal.what: f"{goal.target:,.0f}/s: {goal.verdict}" for goal in goals(results)}
     for r in results:
-        goal = GOALS.get(r["model"])
-        verdict = "" if goal is None else f"{goal:,}/s: {'met' if r['examples_per_second'] >= goal else 'NOT met'}"
+        verdict = verdicts.get(goal_name(r["model"]), "")
         lines.append(
             f"| {r['model']} | {r['examples_per_epoch']:,} | {r['examples_per_second']:,.0f} | {r['seconds_per_epoch']:.1f} "
             f"| {r['peak_rss_mib']:,.0f} | {r['data_rss_mib']:,.0f} | {verdict} |"
         )
     lines += ["", plot(results)]
     return "\n".join(lines) + "\n"
+
+
+def goal_name(model: str) -> str:
+    return f"{model} examples/s"
+
+
+def goals(results: list[dict]) -> list[Goal]:
+    return [Goal(goal_name(r["model"]), r["examples_per_second"], GOALS[r["model"]]) for r in results if r["model"] in GOALS]
 
 
 @app.command()
@@ -116,6 +124,7 @@ def main(
     dim: Annotated[int, typer.Option(help="embedding dimension")] = 64,
     settings: Annotated[str, typer.Option(help="JSON model-settings overrides, e.g. '{\"negatives\": 4}'")] = "{}",
     write_docs: Annotated[bool, typer.Option(help="write the table into docs/BENCHMARKS.md")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write a machine-readable summary (goals, verdicts) here")] = None,
     child: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     if child:
@@ -154,6 +163,8 @@ def main(
     command = "python -m bench.train_speed " + " ".join(sys.argv[1:])
     text = table(results, command.strip(), load_before)
     print(text)
+    if json_path:
+        write_summary(json_path, "train_speed", command.strip(), goals(results), results)
     if write_docs:
         write_section(SECTION, text)
 

@@ -6,6 +6,7 @@ benchmarks on the shared datasets (train_speed, als) and crash trials
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,12 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
     assert "goal" in text.lower()
     for plot in ("etl_scaling", "scoring"):  # each drawn beside the page and shown in it
         assert f"![{plot}](bench/{plot}.png)" in text and (tmp_path / "bench" / f"{plot}.png").stat().st_size > 1000
+    for name in ("etl", "score_speed", "eval_speed"):  # a machine-readable summary beside the page
+        summary = json.loads((tmp_path / "bench" / f"{name}.json").read_text())
+        assert summary["benchmark"] == name and summary["results"]
+        assert all(isinstance(goal["met"], bool) and goal["measured"] >= 0 for goal in summary["goals"])
+    scoring_goals = json.loads((tmp_path / "bench" / "score_speed.json").read_text())["goals"]
+    assert [g["target"] for g in scoring_goals] == [0.95, 60.0]  # scorer / (matmul + topk), whole job seconds
 
     again = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--only", "eval_speed"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
