@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -36,9 +36,6 @@ import pyarrow.parquet as pq
 
 from crossrec_core.contracts import Table, TableFormat
 from crossrec_core.errors import CrossrecError, InputError, MissingDataError
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -392,14 +389,3 @@ class Lake:
         dt = self.delta_table(table, version)
         filesystem = pafs.SubTreeFileSystem(str(self.table_root(table)), pafs.LocalFileSystem())
         return dt.to_pyarrow_dataset(filesystem=filesystem)
-
-    def delta_file_uris(self, table: Table, version: int | None = None) -> list[str]:
-        return self.delta_table(table, version).file_uris()
-
-    def spark_read_delta(self, spark: SparkSession, table: Table, version: int | None = None) -> DataFrame:
-        """Read a Delta snapshot in Spark without the Delta jars: its file list, never a
-        directory listing (which would also read logically removed files)."""
-        uris = self.delta_file_uris(table, version)
-        if not uris:
-            return spark.createDataFrame([], table.spark_schema(with_partitions=True))
-        return spark.read.option("basePath", str(self.table_root(table))).schema(table.spark_schema(with_partitions=True)).parquet(*uris)

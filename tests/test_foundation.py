@@ -136,15 +136,6 @@ def test_delta_commit_replaces_one_partition_and_keeps_history(lake):
     assert then.column("item_id").to_pylist() == ["ia"] * 4
 
 
-@pytest.mark.spark
-def test_spark_reads_the_snapshot_not_the_directory(lake, spark):
-    lake.write_delta_partition(RECOMMENDATIONS, _recs(4, "a"), ds="2026-01-01", domain="books")
-    lake.write_delta_partition(RECOMMENDATIONS, _recs(3, "c"), ds="2026-01-01", domain="books")
-    df = lake.spark_read_delta(spark, RECOMMENDATIONS)
-    assert df.count() == 3
-    assert {r.ds for r in df.select("ds").collect()} == {"2026-01-01"}
-
-
 def test_stage_run_records_success_and_failure_once_per_rerun(lake):
     for rows in (5, 6):
         with stage_run(lake, "clean", "2026-01-01", "books") as report:

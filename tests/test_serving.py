@@ -84,7 +84,7 @@ def test_publish_commits_the_scores_once_and_a_republish_is_identical(lake_root,
 
     assert lake.delta_table(RECOMMENDATIONS).version() == version + 1 == again.metrics["table_version"]
     assert served_rows(lake, "2026-01-05").equals(served_rows(lake, "2026-01-05", version))
-    assert len(lake.delta_file_uris(RECOMMENDATIONS)) == 1  # the first commit's file was replaced
+    assert len(lake.delta_table(RECOMMENDATIONS).file_uris()) == 1  # the first commit's file was replaced
     reports = read_run_reports(lake, "2026-01-05").to_pylist()
     assert [(r["stage"], r["status"], r["rows_out"]) for r in reports] == [("publish", "success", 100)]
 
@@ -378,14 +378,14 @@ def test_compact_merges_run_report_files_and_keeps_every_row(lake_root, lake):
             with stage_run(lake, stage, ds) as report:
                 report.rows_in = len(stage)
     before = snapshot(lake, RUN_REPORTS).dataset.to_table().sort_by([("ds", "ascending"), ("stage", "ascending")])
-    files_before = len(lake.delta_file_uris(RUN_REPORTS))
+    files_before = len(lake.delta_table(RUN_REPORTS).file_uris())
 
     shown = CliRunner().invoke(app, ["compact", "--lake", str(lake_root)])
 
     assert shown.exit_code == 0, shown.output
     [result] = compact_tables(lake) or [None]  # compacting again finds nothing left to merge
     assert result.files_removed == 0
-    assert files_before == 6 and len(lake.delta_file_uris(RUN_REPORTS)) == 2  # one file per ds partition
+    assert files_before == 6 and len(lake.delta_table(RUN_REPORTS).file_uris()) == 2  # one file per ds partition
     after = snapshot(lake, RUN_REPORTS).dataset.to_table().sort_by([("ds", "ascending"), ("stage", "ascending")])
     assert after.equals(before.select(after.column_names))
     assert "serving/run_reports: 6 files merged into 2" in shown.stdout
