@@ -44,7 +44,7 @@ def measure(model: str, data: Path, epochs: int, threads: int, dim: int, overrid
 
     from crossrec_core.config import load_settings
     from crossrec_core.datasets import load_pairs
-    from crossrec_core.training import fit_model
+    from crossrec_core.trainer import fit_model
 
     torch.set_num_threads(threads)
     features = load_pairs(data, source="sport", target="cloth").valid

@@ -72,7 +72,7 @@ class Segment(StrEnum):
 
 
 # The score a model card records for selection and the gate: NDCG@10 over every
-# validation user of the target domain (training.validate writes it).
+# validation user of the target domain (trainer.validate writes it).
 VALIDATION_SEGMENT = "all"
 VALIDATION_METRIC = "ndcg@10"
 

@@ -1,7 +1,7 @@
 """Offline benchmark runs: models x seeds on an offline dataset, then results files.
 
 For every model and seed: fit on the validation view of the dataset (learned models
-early-stop on its holdout, crossrec_core.training.fit_model), give the model the test
+early-stop on its holdout, crossrec_core.trainer.fit_model), give the model the test
 view's histories, evaluate the test holdout with each protocol. Fixed models
 (popularity, item_knn_cross) do not depend on the seed: they are fitted once and only
 the sampled protocol's negatives change with the seed.
@@ -27,11 +27,12 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from crossrec_core.config import ModelSettings
+from crossrec_core.config import MODEL_NAMES, ModelSettings
 from crossrec_core.datasets import Splits
 from crossrec_core.errors import InputError
 from crossrec_core.evaluation import Protocol, evaluate_model
-from crossrec_core.models.base import Recommender
+from crossrec_core.models import Recommender  # the package: every model registered
+from crossrec_core.trainer import fit_model
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,6 @@ def run_experiment(
     exclude_known: bool = True,
 ) -> ExperimentRun:
     """Fit and evaluate every model with every seed (see the module docstring)."""
-    import crossrec_core.models  # noqa: F401  registers every model
-    from crossrec_core.training import fit_model
-
     specs = {label: parse_model_spec(label, model_settings) for label in models}
     console = console or Console(stderr=True)
     run = ExperimentRun(models=list(models), seeds=list(seeds), protocols=list(protocols))
@@ -125,11 +123,9 @@ def run_experiment(
 def parse_model_spec(spec: str, model_settings: ModelSettings) -> tuple[str, ModelSettings]:
     """``name`` or ``name[key=value;key=value]`` (model settings overrides, values in YAML,
     e.g. ``hybrid[alignment_weight=0]``) -> (registered model name, its settings)."""
-    import crossrec_core.models  # noqa: F401  registers every model
-
     name, _, rest = spec.partition("[")
-    if name not in Recommender.registry:
-        raise InputError(f"unknown model {name!r} in {spec!r}; known: {sorted(Recommender.registry)}")
+    if name not in MODEL_NAMES:
+        raise InputError(f"unknown model {name!r} in {spec!r}; known: {sorted(MODEL_NAMES)}")
     if not rest:
         return name, model_settings
     if not rest.endswith("]"):

@@ -269,7 +269,7 @@ def _score_with_spark(settings: Settings, scorer: RunScorer, users: pa.Table, ou
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
-        from crossrec_core.training import resolve_device
+        from crossrec_core.trainer import resolve_device
 
         task = TaskContext.get()
         assert task is not None  # this runs inside a Spark task
@@ -296,7 +296,7 @@ def score_to_partition(
     lake: Lake, ds: str, features: FeatureSet, model: Recommender, model_version: str, settings: Settings
 ) -> ScoreResult:
     """Score every user of the run and atomically replace ``scores/ds=DS/domain=TARGET``."""
-    from crossrec_core.training import resolve_device
+    from crossrec_core.trainer import resolve_device
 
     score: ScoreSettings = settings.score
     started = time.perf_counter()

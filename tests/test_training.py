@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import make_cross_domain_features
 
-from crossrec_core import training
+from crossrec_core import trainer, training
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import Segment
 from crossrec_core.model_store import ModelFileError, candidate_version, data_card, load_model, model_dir, read_card, save_model
 from crossrec_core.models.base import build_model, dot_scores
 from crossrec_core.models.encoders import DANN
-from crossrec_core.training import fit_model, warm_start
+from crossrec_core.trainer import fit_model, warm_start
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -44,7 +44,7 @@ def test_seeded_cpu_training_is_bit_repeatable(name, tiny_features):
 def test_dann_transfers_to_cold_start_users(tiny_features):
     """Target items follow from source items: a cold-start user's source history must
     rank their held-out target items far above chance."""
-    untrained = training.validate(build_model("dann", tiny_features, model_settings()), tiny_features)
+    untrained = trainer.validate(build_model("dann", tiny_features, model_settings()), tiny_features)
     _model, history = fit_model("dann", tiny_features, model_settings(epochs=4), progress=False)
     # 4 of a cluster's 10 target items held out: ranking the cluster first gives ~0.7
     assert history.validation["cold_start"]["ndcg@10"] > 0.6 > 2 * untrained["cold_start"]["ndcg@10"]
@@ -60,7 +60,7 @@ def test_early_stopping_stops_and_keeps_the_best_weights(tiny_features, monkeypa
         score = next(scores)
         return {"all": {"ndcg@10": score}, "warm": {"ndcg@10": score}}
 
-    monkeypatch.setattr(training, "validate", scripted_validate)
+    monkeypatch.setattr(trainer, "validate", scripted_validate)
     model, history = fit_model("joint_mf", tiny_features, model_settings(epochs=6, patience=2), progress=False)
     assert len(history.epochs) == 4 and history.stopped_early
     assert history.best_epoch == 2 and history.best_score == 0.3
@@ -71,7 +71,7 @@ def test_killed_training_resumes_from_its_checkpoint(tiny_features, tmp_path, mo
     settings = model_settings(epochs=4)
     reference, reference_history = fit_model("dann", tiny_features, settings, progress=False)
 
-    real_validate = training.validate
+    real_validate = trainer.validate
     validated = []
 
     def killed_in_epoch_three(model, features, device):
@@ -80,10 +80,10 @@ def test_killed_training_resumes_from_its_checkpoint(tiny_features, tmp_path, mo
         validated.append(True)
         return real_validate(model, features, device)
 
-    monkeypatch.setattr(training, "validate", killed_in_epoch_three)
+    monkeypatch.setattr(trainer, "validate", killed_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         fit_model("dann", tiny_features, settings, checkpoint_dir=tmp_path / "ckpt", progress=False)
-    monkeypatch.setattr(training, "validate", real_validate)
+    monkeypatch.setattr(trainer, "validate", real_validate)
 
     started_epochs = []
     real_start = DANN.on_epoch_start
