@@ -29,20 +29,32 @@ from crossrec_core.evaluation import evaluate_model
 SECTION = "## Against Spark MLlib ALS"
 FAR_ABOVE = 2.0  # "far above ALS" for cold-start users, as a factor
 GRID = [(rank, reg) for rank in (32, 64) for reg in (0.01, 0.1)]
+# name -> (loader, shared data folder, loader arguments, crossrec's results of the same split under docs/results/)
 DATASETS = {
-    "amazon_cloth_sport": ("pairs", "amazon-cloth-sport", {"source": "cloth", "target": "sport"}),
-    "amazon_sport_cloth": ("pairs", "amazon-cloth-sport", {"source": "sport", "target": "cloth"}),
+    "amazon_cloth_sport": (
+        "pairs",
+        "amazon-cloth-sport",
+        {"source": "cloth", "target": "sport", "split": "cdrib"},
+        "amazon_cloth_sport/cdrib",
+    ),
+    "amazon_sport_cloth": (
+        "pairs",
+        "amazon-cloth-sport",
+        {"source": "sport", "target": "cloth", "split": "cdrib"},
+        "amazon_sport_cloth/cdrib",
+    ),
     "ml1m_genres": (
         "recbole",
         "movielens-1m",
         {"source_genres": ["Comedy", "Romance", "Drama"], "target_genres": ["Sci-Fi", "Action", "Thriller"]},
+        "ml1m_genres",
     ),
 }
-CROSSREC_MODELS = ("item_knn_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd")
+CROSSREC_MODELS = ("item_knn_cross", "ease_cross", "target_only", "joint_mf", "emcdr", "dann", "mmd", "hybrid")
 
 
 def load(data: Path, name: str):
-    kind, folder, args = DATASETS[name]
+    kind, folder, args, _ = DATASETS[name]
     return load_pairs(data / folder, **args) if kind == "pairs" else load_recbole(data / folder, **args)
 
 
@@ -102,10 +114,10 @@ def quality(spark, data: Path, name: str) -> dict:
 
 
 def crossrec_rows(name: str) -> dict[str, dict[str, float]]:
-    """Mean full-protocol NDCG@10 per (model, segment) from docs/results/<name>/results.json."""
-    path = REPO / "docs" / "results" / name / "results.json"
+    """Mean full-protocol NDCG@10 per (model, segment) from crossrec's results of the same split."""
+    path = REPO / "docs" / "results" / DATASETS[name][3] / "results.json"
     if not path.exists():
-        return {}
+        raise SystemExit(f"{path} is missing: run the crossrec eval command of docs/RESULTS.md for {name} first")
     out: dict[str, dict[str, float]] = {}
     for record in json.loads(path.read_text()).get("results", []):
         if record.get("protocol") == "full" and record.get("metric") == "ndcg@10":
