@@ -23,7 +23,9 @@ from crossrec_core.stages import RUN_REPORT_STAGE
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+# The DAG file ships inside the package (a link to dags/ in the repository), so an
+# installed crossrec runs the demo without a checkout.
+DAGS_FOLDER = Path(__file__).resolve().parent / "airflow_dags"
 DAG_ID = "crossrec_nightly"
 
 
@@ -37,7 +39,7 @@ def airflow_environment(settings: Settings, airflow_home: Path) -> dict[str, str
     env.update(
         {
             "AIRFLOW_HOME": str(airflow_home.resolve()),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -56,7 +58,7 @@ def run_logged(command: list[str], env: dict[str, str], log_file: Path, what: st
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log_file.open("w") as out:
-        code = subprocess.call(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        code = subprocess.call(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     if code:
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
         raise DemoError(f"{what} failed (exit {code}); full log: {log_file}\n{tail}")
@@ -114,7 +116,7 @@ def start_ui(settings: Settings, airflow_home: Path) -> None:
         f"{airflow_home.resolve() / 'simple_auth_manager_passwords.json.generated'} once it starts)"
     )
     print("Stop with Ctrl-C.")
-    subprocess.call(airflow("standalone"), env=env, cwd=REPO)
+    subprocess.call(airflow("standalone"), env=env)
 
 
 def report_rows(reports) -> list[tuple[str, str, str, str, str, str, str]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from airflow.sdk import TriggerRule, dag, task
 
 from crossrec_core import orchestration
-from crossrec_core.config import load_settings
+from crossrec_core.config import TimedTask, load_settings
 
 settings = load_settings()
 assets = orchestration.assets(settings)
@@ -57,7 +57,7 @@ def crossrec_nightly():
 
     featurize = orchestration.spark_stage(settings, "featurize", task_id="featurize", outlets=[assets["features"]])
 
-    def stage(name: str, **kwargs):
+    def stage(name: TimedTask, **kwargs):
         return orchestration.StageJobOperator(settings=settings, stage=name, **kwargs)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=orchestration.task_timeout(settings, "gate"))

@@ -44,6 +44,9 @@ def test_a_wheel_installed_outside_the_checkout_runs_demo_data_and_every_stage(t
 
     located = run("-c", "import crossrec_core, crossrec_core.jobs as j; print(crossrec_core.__file__); print(j.__file__)")
     assert all(Path(line).is_relative_to(site) for line in located.split()), located
+    # the DAG file travels with the package (what `crossrec demo` points Airflow at)
+    shipped = site / "crossrec_core" / "airflow_dags" / "crossrec_nightly.py"
+    assert shipped.read_text() == (REPO / "dags" / "crossrec_nightly.py").read_text()
     run("-m", "crossrec_core", "demo-data", "--users", "150", "--days", "1", "--end-date", DS)
     domains = run("-c", "from crossrec_core.config import load_settings; print(*load_settings().domains.all)").split()
     for stage in STAGE_LIST:

@@ -1,0 +1,1 @@
+../../dags/crossrec_nightly.py
