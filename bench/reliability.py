@@ -23,14 +23,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bench.common import REPO, Goal, machine, write_section, write_summary
+from bench.common import DOCS, Goal, machine, write_section, write_summary
 from crossrec_core.config import load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, FEATURE_INTERACTIONS, SCORES
 from crossrec_core.lake import Lake, MissingPartitionError
 from crossrec_core.model_store import MODEL_FILE, candidate_version, model_dir
+from crossrec_core.stages import STAGES
 
 DS = "2026-03-10"
-STAGES = ("clean", "featurize", "train", "score")
+KILLED_STAGES = ("clean", "featurize", "train", "score")
 SECTION = "## Crash trials (kill -9, then rerun)"
 # Enough epochs (no early stop) that a kill after the first checkpoint lands mid-training:
 # an epoch of this tiny night takes about 15 ms.
@@ -87,8 +88,8 @@ class Reader:
 
 def job(stage: str, lake_root: Path, settings, domain: str | None = None) -> list[str]:
     """The job's command line; ``clean`` runs for ``domain`` (default: the target)."""
-    args = [sys.executable, str(REPO / "jobs" / f"{stage}.py"), "--ds", DS, "--lake", str(lake_root)]
-    return args + (["--domain", domain or settings.target] if stage == "clean" else [])
+    args = [sys.executable, "-P", "-m", "crossrec_core.jobs", stage, "--ds", DS, "--lake", str(lake_root)]  # as Airflow runs it
+    return args + (["--domain", domain or settings.target] if STAGES[stage].per_domain else [])
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def prepare_night(root: Path) -> Night:
         for domain in domains:
             subprocess.run(job(stage, root, settings, domain), env=env, check=True, capture_output=True)
         seconds[stage] = (time.perf_counter() - started) / len(domains)
-    baseline = {stage: partition_digest(lake, stage, settings) for stage in STAGES}
+    baseline = {stage: partition_digest(lake, stage, settings) for stage in KILLED_STAGES}
     return Night(settings, lake, baseline, seconds, env)
 
 
@@ -181,7 +182,7 @@ def trial(stage: str, seed: int, night: Night) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--stages", default=",".join(KILLED_STAGES))
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--json", type=Path, help="write a machine-readable summary (goals, verdicts) here")
     args = parser.parse_args(argv)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         write_summary(args.json, "reliability", f"python -m bench.reliability --seeds {args.seeds}", goals, results)
     if args.write_docs:
-        write_section(SECTION, text, page=REPO / "docs" / "RELIABILITY.md")
+        write_section(SECTION, text, page=DOCS.parent / "RELIABILITY.md")
 
 
 if __name__ == "__main__":

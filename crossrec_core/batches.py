@@ -1,7 +1,7 @@
 """Training data as tensors: FeatureSet CSR matrices -> shuffled batches with negatives.
 
-Everything is vectorised: a CSR matrix becomes (user, item, weight) tensors with
-``np.repeat`` over ``indptr``; negatives are drawn uniformly among the items that are
+Everything is vectorised: a CSR matrix becomes (user, item, weight) tensors
+(:func:`csr_coordinates`, rows from :func:`~crossrec_core.data.entry_rows`); negatives are drawn uniformly among the items that are
 not the user's training positives (:class:`NegativeSampler`, exact, no rejection).
 
 A batch is a flat dict of tensors keyed ``"<field>:<domain>"`` (:func:`batch_key`):

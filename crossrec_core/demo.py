@@ -66,7 +66,10 @@ def run_logged(command: list[str], env: dict[str, str], log_file: Path, what: st
 
 
 def airflow(*args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "airflow"), *args]
+    command = Path(sys.executable).parent / "airflow"
+    if not command.is_file():
+        raise DemoError(f"{command} does not exist: the demo runs Airflow (pip install 'crossrec[airflow]')")
+    return [str(command), *args]
 
 
 def demo_days(days: int, end: date | None = None) -> list[str]:

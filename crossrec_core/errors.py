@@ -2,7 +2,7 @@
 
 Bad configuration, bad input, missing data and contract violations raise a subclass of
 :class:`CrossrecError` whose message names the file, row, field or key. Every entry point
-(``jobs/<stage>.py``, the ``crossrec`` CLI) prints such an error as one line and exits
+(``python -m crossrec_core.jobs``, the ``crossrec`` CLI) prints such an error as one line and exits
 with :data:`EXPECTED_FAILURE_EXIT`, which the Airflow tasks do not retry. Any other
 exception (a bug, an OOM, a lost executor, a flaky filesystem, a ValueError from pyarrow,
 numpy or torch) keeps its traceback and a different exit code, so Airflow retries it.

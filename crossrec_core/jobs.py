@@ -1,8 +1,11 @@
 """Every stage as a job: ``python -m crossrec_core.jobs STAGE --ds DATE [...]``.
 
 Airflow runs the torch and Delta stages that way and spark-submits this file for the
-Spark ones (``spark-submit .../crossrec_core/jobs.py clean --ds DATE --domain D``): it
-works wherever the package is installed, with no checkout. ``jobs/<stage>.py`` in the
+Spark ones (``PYTHONSAFEPATH=1 spark-submit .../crossrec_core/jobs.py clean --ds DATE
+--domain D``): it works wherever the package is installed, with no checkout. Both run
+with Python's safe path (``-P``, ``PYTHONSAFEPATH=1``): neither the working directory
+nor this file's folder goes first on ``sys.path``, so a source tree there or the
+package's own module names (config, data, ...) shadow nothing. ``jobs/<stage>.py`` in the
 repository are the same entry point, one file per stage.
 Expected failures (:class:`~crossrec_core.errors.CrossrecError`: bad config, bad input,
 missing data, a contract violation) exit 2 with one clear line on stderr, and Airflow does
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from crossrec_core.config import Settings, load_settings
 from crossrec_core.dates import parse_ds
@@ -85,8 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # spark-submit runs this file as a script, which puts the package's own folder first
-    # on sys.path: its module names (query, errors, ...) must not shadow anyone's imports
-    if sys.path and sys.path[0] == str(Path(__file__).resolve().parent):
-        sys.path.pop(0)
     sys.exit(main())

@@ -65,8 +65,11 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     see the old file or the new one, never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(staged)
-    os.replace(staged, path)
+    try:
+        write(staged)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)  # only left when the write failed
 
 
 STAGING_DIR = "_staging"

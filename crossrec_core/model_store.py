@@ -57,7 +57,7 @@ MODEL_FILES = Table(
 
 class ModelFileError(LakeError):
     """A model file or card is missing, corrupt, truncated or does not fit; names the file
-    (a LakeError: a job exits 2, not retried, jobs_main.py)."""
+    (a LakeError: a job exits 2, not retried, crossrec_core.jobs)."""
 
 
 def model_id(model: Recommender) -> str:

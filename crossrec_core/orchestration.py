@@ -192,7 +192,7 @@ def job_script() -> str:
 
 def job_command(stage: str) -> list[str]:
     """The job of ``stage`` in this Python, from the installed package (no checkout needed)."""
-    return [sys.executable, "-m", JOBS_MODULE, stage]
+    return [sys.executable, "-P", "-m", JOBS_MODULE, stage]  # -P: see crossrec_core.jobs
 
 
 def start_job(settings: Settings, stage: str, ds: str, params: Mapping[str, Any]) -> subprocess.Popen:
@@ -281,7 +281,8 @@ def raise_for_exit(stage: str, ds: str | None, exit_code: int, output_tail: str)
 
 class StageSparkSubmitOperator(SparkSubmitOperator):
     """SparkSubmitOperator that classifies a failure by the exit code of the spark-submit
-    process, as :func:`run_job` does: exit 2 fails without retry, others keep the retries."""
+    process, as :func:`raise_for_exit` does for the other jobs: exit 2 fails without retry,
+    others keep the retries."""
 
     def execute(self, context):
         try:
@@ -310,7 +311,7 @@ def spark_stage(settings: Settings, stage: TimedTask, domain: str | None = None,
             "spark.driver.extraJavaOptions": DRIVER_JAVA_OPTIONS,
             **settings.spark.conf,
         },
-        env_vars={"PYSPARK_PYTHON": sys.executable},
+        env_vars={"PYSPARK_PYTHON": sys.executable, "PYTHONSAFEPATH": "1"},  # see crossrec_core.jobs
         execution_timeout=task_timeout(settings, stage),
         **kwargs,
     )

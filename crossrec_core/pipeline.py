@@ -1,6 +1,6 @@
-"""The stages of the nightly run, by name, and the run's closing report. One function per
-stage, called the same way from the CLI (``crossrec run``), from ``jobs/<stage>.py``
-(spark-submit or python -m) and from Airflow. ``report_stage`` summarises every stage's
+"""A stage's function by name (the stages are declared in crossrec_core.stages) and the
+run's closing report. One function per stage, called the same way from the CLI
+(``crossrec run``) and from the jobs Airflow runs (``python -m crossrec_core.jobs``). ``report_stage`` summarises every stage's
 run_reports row of the date and fails when one failed or did not run, so the DAG run
 ends red with the reason in one place.
 
@@ -77,7 +77,7 @@ def report_stage(settings: Settings, ds: str) -> StageReport:
     """Log the run's summary; fail, naming the stages, when a stage of ``ds`` failed or
     did not run (a task that died before reporting leaves no row: it still fails the run)."""
     lake = Lake(settings.lake)
-    with stage_run(lake, "report", ds) as report:
+    with stage_run(lake, RUN_REPORT_STAGE, ds) as report:
         rows = summarise(lake, ds)
         for row in rows:
             log.info(

@@ -338,3 +338,27 @@ def test_a_torch_queue_routes_the_stages_declared_for_it(tmp_path):
         task = orchestration.StageJobOperator(settings=settings, stage=stage.name)
         assert (task.queue == "gpu") is (stage.queue is Queue.TORCH), stage.name
         assert task.execution_timeout == orchestration.task_timeout(settings, stage.name)
+
+
+def test_every_stage_job_accepts_the_arguments_orchestration_gives_it():
+    from crossrec_core.config import load_settings
+    from crossrec_core.jobs import argument_parser
+    from crossrec_core.orchestration import stage_arguments
+    from crossrec_core.stages import STAGE_LIST
+
+    settings = load_settings(lake="/data/lake")
+    params = {"source_domain": "movies", "target_domain": "books", "model": "dann", "k": 20, "retrain_from_scratch": True}
+    for stage in STAGE_LIST:
+        arguments = stage_arguments(settings, stage.name, "2026-01-02", params, domain="books" if stage.per_domain else None)
+        parsed = argument_parser(stage).parse_args(arguments)  # argparse exits 2 on an argument the job does not take
+        assert parsed.ds == "2026-01-02" and parsed.lake == "/data/lake", stage.name
+        assert (getattr(parsed, "model", None) == "dann") is ("model" in stage.params), stage.name
+
+
+def test_what_each_stage_reads_and_writes_is_a_table_of_the_contracts():
+    from crossrec_core import contracts
+    from crossrec_core.stages import STAGE_LIST
+
+    known = {t.path for t in vars(contracts).values() if isinstance(t, contracts.Table)} | {contracts.FEATURES_ROOT, contracts.MODELS_ROOT}
+    for stage in STAGE_LIST:
+        assert set(stage.reads) | set(stage.writes) <= known, stage.name

@@ -29,7 +29,7 @@ def test_a_wheel_installed_outside_the_checkout_runs_demo_data_and_every_stage(t
     wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
     # built from a copy: setuptools writes build/ and *.egg-info beside the sources
-    source = shutil.copytree(REPO, tmp_path / "source", ignore=shutil.ignore_patterns(*UNSHIPPED))
+    source = shutil.copytree(REPO, tmp_path / "source", symlinks=True, ignore=shutil.ignore_patterns(*UNSHIPPED))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(source)], check=True, cwd=tmp_path)
     (wheel,) = wheels.glob("crossrec-*.whl")
