@@ -15,7 +15,7 @@ from crossrec_core.data import FeatureSet
 from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.evaluation import evaluate_model, recommend_top_k, sample_negatives
 from crossrec_core.metrics import PAD
-from crossrec_core.models.base import Recommender
+from crossrec_core.models.fixed import FixedVectors
 from crossrec_core.ranking import top_k
 
 N_USERS, N_ITEMS, N_SOURCE_ITEMS = 37, 23, 11
@@ -43,22 +43,11 @@ def random_features(seed: int, n_items: int = N_ITEMS) -> FeatureSet:
     )
 
 
-class FixedVectors(Recommender):
+def small_integer_vectors(features: FeatureSet, seed: int, dim: int = 2) -> FixedVectors:
     """Given user and item vectors; small integers, so that equal scores (ties) are common."""
-
-    name = ""  # not registered: a test double
-
-    def __init__(self, features: FeatureSet, seed: int, dim: int = 2):
-        super().__init__(features, load_settings().model)
-        rng = np.random.default_rng(seed)
-        self.register_buffer("users", torch.tensor(rng.integers(0, 3, (features.n_users, dim)), dtype=torch.float32))
-        self.register_buffer("items", torch.tensor(rng.integers(0, 3, (features.n_items("tgt"), dim)), dtype=torch.float32))
-
-    def user_vectors(self, domain, user_keys):
-        return self.users[user_keys]
-
-    def item_vectors(self, domain):
-        return self.items
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, 3, (features.n_users, dim)), rng.integers(0, 3, (features.n_items("tgt"), dim))
+    return FixedVectors(features, load_settings().model, users, items)
 
 
 def brute_force_ranking(scores: np.ndarray, train: np.ndarray, k: int) -> list[list[int]]:
@@ -85,7 +74,7 @@ def reference_metrics(ranking: list[list[int]], relevant: list[set[int]], k: int
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_full_protocol_block_wise_equals_brute_force(seed):
     features = random_features(seed)
-    model = FixedVectors(features, seed)
+    model = small_integer_vectors(features, seed)
     scores = (model.users @ model.items.T).numpy()
     train = features.train["tgt"].toarray() > 0
     expected: dict[str, dict[str, float]] = {}
@@ -111,7 +100,7 @@ def test_recommendations_exclude_training_items_and_pad_when_none_is_left():
     train = features.train["tgt"].toarray() > 0
     train[5] = True  # user 5 has seen everything
     features.train["tgt"] = sp.csr_matrix(train.astype(np.float32))
-    model = FixedVectors(features, 3)
+    model = small_integer_vectors(features, 3)
     with torch.no_grad():
         recommended = recommend_top_k(model, features, np.arange(N_USERS), k=N_ITEMS, block_size=5)
     for user, row in enumerate(recommended):
@@ -151,7 +140,7 @@ def test_sampled_negatives_are_distinct_unseen_items_and_seeded(n_items):
 
 def test_sampled_protocol_equals_brute_force_ranks():
     features = random_features(5)
-    model = FixedVectors(features, 5)
+    model = small_integer_vectors(features, 5)
     scores = (model.users @ model.items.T).numpy()
     n_negatives, k, seed = 6, 3, 11
     result = evaluate_model(
@@ -176,7 +165,7 @@ def test_sampled_protocol_equals_brute_force_ranks():
 def test_empty_segments_are_omitted_and_training_mode_is_restored():
     features = random_features(6)
     features.holdout[Segment.WARM] = sp.csr_matrix((N_USERS, N_ITEMS), dtype=np.float32)
-    model = FixedVectors(features, 6).train()
+    model = small_integer_vectors(features, 6).train()
     assert set(evaluate_model(model, features, ks=(5,))) == {"cold_start", "all"}
     assert model.training
     del features.holdout[Segment.COLD_START]
@@ -185,7 +174,7 @@ def test_empty_segments_are_omitted_and_training_mode_is_restored():
 
 def test_nan_scores_name_the_users():
     features = random_features(7)
-    model = FixedVectors(features, 7)
+    model = small_integer_vectors(features, 7)
     model.users[features.holdout_users(Segment.COLD_START)[0]] = float("nan")
     with pytest.raises(ValueError, match="produced NaN scores"):
         evaluate_model(model, features, ks=(5,))
