@@ -46,17 +46,42 @@ class Splits:
     test: FeatureSet
 
 
-def _read_tsv(path: Path, column_types: dict[str, pa.DataType], header: bool) -> pa.Table:
-    """A tab-separated file, typed; a missing file or a bad row names the file (and row)."""
+def read_pairs(path: Path) -> pa.Table:
+    """A headerless ``user<TAB>item`` file of a CDRIB pair: int64 columns ``user`` and
+    ``item``; a missing file, or a line that is not two integers, is an error naming the file."""
     if not path.is_file():
         raise MissingDataError(f"{path} does not exist")
-    read_options = pv.ReadOptions(column_names=None if header else list(column_types))
-    parse_options = pv.ParseOptions(delimiter="\t", quote_char=False)
-    convert_options = pv.ConvertOptions(column_types=column_types, include_columns=list(column_types))
+    names = ["user", "item"]
     try:
-        return pv.read_csv(path, read_options=read_options, parse_options=parse_options, convert_options=convert_options)
+        return pv.read_csv(
+            path,
+            read_options=pv.ReadOptions(column_names=names),
+            parse_options=pv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pv.ConvertOptions(column_types=dict.fromkeys(names, pa.int64())),
+        )
     except (pa.ArrowInvalid, pa.ArrowKeyError) as err:
-        raise InputError(f"{path}: {err}") from None
+        raise InputError(f"{path}: not a file of user<TAB>item integer lines: {err}") from None
+
+
+def read_atomic(path: Path, fields: list[str]) -> pa.Table:
+    """The ``fields`` of a RecBole atomic file, every value a string."""
+    if not path.is_file():
+        raise MissingDataError(f"{path} does not exist")
+    with path.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\r\n").split("\t")
+    names = [column.split(":", 1)[0] for column in header]
+    missing = [f for f in fields if f not in names]
+    if missing:
+        raise InputError(f"{path}: missing field(s) {missing}; the header names {header}")
+    try:
+        return pv.read_csv(
+            path,
+            read_options=pv.ReadOptions(column_names=names, skip_rows=1),
+            parse_options=pv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()), include_columns=fields),
+        )
+    except pa.ArrowInvalid as err:
+        raise InputError(f"{path}: not a tab-separated RecBole atomic file: {err}") from err
 
 
 def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +133,7 @@ def common_user_count(folders: Sequence[Path]) -> int:
     largest = -1
     for path in (folder / f"{split}.txt" for folder in folders for split in HOLDOUT_SPLITS):
         if path.is_file():
-            users = _read_tsv(path, {"user": pa.int64(), "item": pa.int64()}, header=False)["user"]
+            users = read_pairs(path)["user"]
             largest = max(largest, pc.max(users).as_py() if len(users) else -1)
     if largest < 0:
         raise InputError(f"no valid/test rows under {[str(f) for f in folders]}: cannot tell the common users; pass common_users")
@@ -156,9 +181,8 @@ def load_pairs(directory: str | Path, source: str, target: str, split: PairSplit
     started = time.perf_counter()
     directory = Path(directory)
     folders = pair_folders(directory, source, target)
-    columns = {"user": pa.int64(), "item": pa.int64()}
     tables = {
-        (domain, name): _read_tsv(folders[domain] / f"{name}.txt", columns, header=False)
+        (domain, name): read_pairs(folders[domain] / f"{name}.txt")
         for domain, names in ((source, ("train",)), (target, ("train", *HOLDOUT_SPLITS)))
         for name in names
     }
@@ -289,12 +313,12 @@ def load_recbole(
     started = time.perf_counter()
     directory = Path(directory)
     inter_path, item_path = directory / f"{dataset}.inter", directory / f"{dataset}.item"
-    ratings = _read_tsv(
-        inter_path, {"user_id:token": pa.string(), "item_id:token": pa.string(), "timestamp:float": pa.float64()}, header=True
-    ).rename_columns(["user_id", "item_id", "timestamp"])
-    items = _read_tsv(item_path, {"item_id:token": pa.string(), "genre:token": pa.string()}, header=True).rename_columns(
-        ["item_id", "genre"]
-    )
+    ratings = read_atomic(inter_path, ["user_id", "item_id", "timestamp"])
+    try:
+        ratings = ratings.set_column(2, "timestamp", pc.cast(ratings["timestamp"], pa.float64()))
+    except pa.ArrowInvalid as err:
+        raise InputError(f"{inter_path}: timestamp is not a number: {err}") from None
+    items = read_atomic(item_path, ["item_id", "genre"])
     domains = _genre_domains(items, source_genres, target_genres, item_path)
     ratings = ratings.join(domains, "item_id", join_type="inner")  # ratings of dropped movies go
     user_ids, user = _encode(ratings["user_id"])

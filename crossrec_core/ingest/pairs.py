@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from crossrec_core.contracts import HOLDOUT, HOLDOUT_SPLITS
-from crossrec_core.datasets import common_user_count, pair_user_ids
+from crossrec_core.datasets import common_user_count, pair_user_ids, read_pairs
 from crossrec_core.dates import parse_ds
 from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.ingest.landing import (
@@ -55,29 +54,11 @@ TRAIN_FILE = "train.txt"
 EVENT_TYPE = "interaction"
 
 
-def read_pairs(path: Path) -> pa.Table:
-    """A headerless ``user_id<TAB>item_id`` file as two string columns."""
-    if not path.is_file():
-        raise MissingDataError(f"{path} does not exist")
-    names = ["user_id", "item_id"]
-    try:
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=names),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
-        )
-    except pa.ArrowInvalid as err:
-        raise InputError(f"{path}: not a file of user_id<TAB>item_id lines: {err}") from err
-
-
-def _with_pair_user_ids(table: pa.Table, path: Path, domain: str, common_users: int) -> pa.Table:
-    """The file's user numbers as external ids (a number that is not an integer is an error naming the file)."""
-    try:
-        numbers = table["user_id"].cast(pa.int64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise InputError(f"{path}: user ids must be integers: {err}") from None
-    return table.set_column(0, "user_id", pa.array(pair_user_ids(numbers, domain, common_users), pa.string()))
+def _pair_rows(path: Path, domain: str, common_users: int) -> pa.Table:
+    """A pair file's rows with external user ids (:func:`pair_user_ids`) and item ids, as text."""
+    pairs = read_pairs(path)
+    users = pair_user_ids(pairs["user"].to_numpy(), domain, common_users)
+    return pa.table({"user_id": pa.array(users, pa.string()), "item_id": pc.cast(pairs["item"], pa.string())})
 
 
 def _domain_folder(directory: Path, domain: str, other: str) -> Path:
@@ -122,10 +103,7 @@ def import_pairs(
     folders = {source: _domain_folder(directory, source, target), target: _domain_folder(directory, target, source)}
     if common_users is None:
         common_users = common_user_count(list(folders.values()))
-    train = {
-        domain: _with_pair_user_ids(read_pairs(folder / TRAIN_FILE), folder / TRAIN_FILE, domain, common_users)
-        for domain, folder in folders.items()
-    }
+    train = {domain: _pair_rows(folder / TRAIN_FILE, domain, common_users) for domain, folder in folders.items()}
     train_users = {domain: pc.unique(table["user_id"]) for domain, table in train.items()}
 
     summary = ImportSummary(domains=[])
@@ -148,7 +126,7 @@ def import_pairs(
     for domain, folder in folders.items():
         other = target if domain == source else source
         for split in HOLDOUT_SPLITS:
-            held = _with_pair_user_ids(read_pairs(folder / f"{split}.txt"), folder / f"{split}.txt", domain, common_users)
+            held = _pair_rows(folder / f"{split}.txt", domain, common_users)
             lake.write_parquet_partition(HOLDOUT, held, domain=domain, split=split)
             users = pc.unique(held["user_id"])
             known_here = int(pc.sum(pc.is_in(users, value_set=train_users[domain])).as_py() or 0)

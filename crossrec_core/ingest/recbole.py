@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
+from crossrec_core.datasets import read_atomic
 from crossrec_core.errors import InputError, MissingDataError
 from crossrec_core.ingest.landing import (
     SECONDS_PER_DAY,
@@ -37,27 +37,6 @@ EVENT_TYPE = "rating"
 INTER_FIELDS = ["user_id", "item_id", "rating", "timestamp"]
 ITEM_FIELDS = ["item_id", "genre"]
 NUMBER = r"^\s*-?\d+(\.\d+)?\s*$"
-
-
-def read_atomic(path: Path, fields: list[str]) -> pa.Table:
-    """The ``fields`` of a RecBole atomic file, every value a string."""
-    if not path.is_file():
-        raise MissingDataError(f"{path} does not exist")
-    with path.open(encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
-    names = [column.split(":", 1)[0] for column in header]
-    missing = [f for f in fields if f not in names]
-    if missing:
-        raise InputError(f"{path}: missing field(s) {missing}; the header names {header}")
-    try:
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()), include_columns=fields),
-        )
-    except pa.ArrowInvalid as err:
-        raise InputError(f"{path}: not a tab-separated RecBole atomic file: {err}") from err
 
 
 def default_domain_name(genres: list[str]) -> str:
