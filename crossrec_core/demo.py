@@ -16,6 +16,7 @@ import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from crossrec_core.config import Settings
 from crossrec_core.lake import Lake, LakeError
@@ -122,20 +123,23 @@ def start_ui(settings: Settings, airflow_home: Path) -> None:
     subprocess.call(airflow("standalone"), env=env)
 
 
-def report_rows(reports) -> list[tuple[str, str, str, str, str, str, str]]:
-    """The run_reports rows of one night as display strings, in run order."""
-    rows = []
-    for r in reports.to_pylist():
-        seconds = json.loads(r["metrics"] or "{}").get("seconds")
-        rows.append(
-            (
-                r["stage"],
-                r["domain"],
-                r["status"],
-                f"{r['rows_in']:,}",
-                f"{r['rows_out']:,}",
-                f"{r['rows_quarantined']:,}",
-                f"{seconds:.1f}" if seconds is not None else "",
-            )
+def report_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The rows of :func:`crossrec_core.pipeline.summarise` as display strings."""
+
+    def seconds(value: float | None) -> str:
+        return "" if value is None else f"{value:.1f}"
+
+    return [
+        (
+            r["stage"],
+            r["domain"],
+            r["status"],
+            f"{r['rows_in']:,}",
+            f"{r['rows_out']:,}",
+            f"{r['rows_quarantined']:,}",
+            seconds(r["seconds"]),
+            seconds(r["fixed_seconds"]),
+            seconds(r["data_seconds"]),
         )
-    return rows
+        for r in rows
+    ]

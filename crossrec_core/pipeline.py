@@ -52,11 +52,16 @@ class RunFailed(LakeError):
 
 
 def summarise(lake: Lake, ds: str) -> list[dict[str, Any]]:
-    """One row per (stage, domain) run of ``ds``, in run order, with its seconds."""
+    """One row per (stage, domain) run of ``ds``, in run order, with its seconds split
+    into ``fixed_seconds`` (the job process's start-up and the stage's set-up) and
+    ``data_seconds`` (the rest; see crossrec_core.reports)."""
     rows = read_run_reports(lake, ds).to_pylist()
     for row in rows:
         metrics = json.loads(row["metrics"] or "{}")
         row["seconds"] = metrics.get("seconds")
+        setup = sum(metrics.get("setup_seconds", {}).values())
+        row["fixed_seconds"] = None if row["seconds"] is None else metrics.get("startup_seconds", 0.0) + setup
+        row["data_seconds"] = None if row["seconds"] is None else row["seconds"] - setup
         row["note"] = metrics.get("error") or metrics.get("reason") or ""
     return [row for row in rows if row["stage"] != RUN_REPORT_STAGE]
 
@@ -81,7 +86,7 @@ def report_stage(settings: Settings, ds: str) -> StageReport:
         rows = summarise(lake, ds)
         for row in rows:
             log.info(
-                "ds=%s %-9s %-8s %-7s rows_in=%d rows_out=%d quarantined=%d %ss %s",
+                "ds=%s %-9s %-8s %-7s rows_in=%d rows_out=%d quarantined=%d %ss (fixed %ss, data %ss) %s",
                 ds,
                 row["stage"],
                 row["domain"],
@@ -90,6 +95,8 @@ def report_stage(settings: Settings, ds: str) -> StageReport:
                 row["rows_out"],
                 row["rows_quarantined"],
                 row["seconds"],
+                row["fixed_seconds"],
+                row["data_seconds"],
                 row["note"],
             )
         report.rows_in = len(rows)

@@ -3,7 +3,6 @@ validates trigger params; the orchestration helpers classify failures."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -27,18 +26,17 @@ def dag():
     return bag.dags["crossrec_nightly"]
 
 
-def test_importing_the_dag_file_loads_no_heavy_library_and_parses_fast():
+def test_importing_the_dag_file_loads_no_heavy_library():
+    """The dag-processor parses the file again and again: it must not pay for torch,
+    Spark or the data libraries (a parse-time figure would be a timed test: none here)."""
     probe = (
-        "import sys, time, runpy; started = time.perf_counter(); "
-        f"runpy.run_path({str(DAG_FILE)!r}); seconds = time.perf_counter() - started; "
-        "import json; print(json.dumps({'seconds': seconds, 'heavy': [m for m in ('torch', 'pyspark', 'pandas', 'pyarrow', 'duckdb') if m in sys.modules]}))"
+        f"import sys, runpy; runpy.run_path({str(DAG_FILE)!r}); "
+        "print(*[m for m in ('torch', 'pyspark', 'pandas', 'pyarrow', 'duckdb') if m in sys.modules])"
     )
-    # airflow itself imported first: parse time is what the dag-processor pays per file
+    # airflow itself imported first: what the dag-processor has loaded already
     code = f"import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit; {probe}"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
-    assert measured["heavy"] == []
-    assert measured["seconds"] < 1.0
+    assert result.stdout.strip().splitlines()[-1:] in ([], [""])
 
 
 def test_tasks_are_the_stages_wired_like_the_pipeline_diagram(dag):

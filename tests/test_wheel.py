@@ -5,6 +5,7 @@ repository."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,8 +16,9 @@ import pytest
 
 from crossrec_core.contracts import RECOMMENDATIONS
 from crossrec_core.lake import Lake
+from crossrec_core.pipeline import summarise
 from crossrec_core.serving import snapshot
-from crossrec_core.stages import STAGE_LIST
+from crossrec_core.stages import STAGE_LIST, Engine
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -54,3 +56,14 @@ def test_a_wheel_installed_outside_the_checkout_runs_demo_data_and_every_stage(t
             run("-m", "crossrec_core.jobs", stage.name, "--ds", DS, *(["--domain", domain] if domain else []))
     served = snapshot(Lake(tmp_path / "lake"), RECOMMENDATIONS).dataset.to_table()
     assert served.num_rows > 0 and set(served["ds"].to_pylist()) == {DS}
+    # every job is its own process: the run report splits each stage's time into that
+    # process's start-up plus the Spark session (fixed) and the rest (data work)
+    rows = summarise(Lake(tmp_path / "lake"), DS)
+    spark_stages = {stage.name for stage in STAGE_LIST if stage.engine is Engine.SPARK}
+    assert {r["stage"] for r in rows if r["status"] == "success"} >= spark_stages
+    for row in rows:
+        metrics = json.loads(row["metrics"])
+        session = metrics.get("setup_seconds", {}).get("spark_session", 0.0)
+        assert metrics["startup_seconds"] > 0 and (session > 0) == (row["stage"] in spark_stages), (row["stage"], metrics)
+        assert row["fixed_seconds"] == pytest.approx(metrics["startup_seconds"] + session)
+        assert row["data_seconds"] == pytest.approx(row["seconds"] - session) and row["data_seconds"] > 0

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         from crossrec_core.commands.serving import show_recommendations
         from crossrec_core.ingest.demo_data import generate_demo_data
         from crossrec_core.lake import Lake
-        from crossrec_core.reports import read_run_reports
+        from crossrec_core.pipeline import summarise
         from crossrec_core.serving import user_recommendations
 
         settings = settings_from(config, lake)
@@ -79,9 +79,9 @@ def register(app: typer.Typer) -> None:
                 console.print(f"a {segment} user: `crossrec recs {examples[segment]}{' --why' if why else ''}`")
                 show_recommendations(user_recommendations(the_lake, examples[segment], settings.target, ds=nights[-1], k=10), why)
         report = RichTable(title=f"run report of {nights[-1]}")
-        for column in ("stage", "domain", "status", "rows in", "rows out", "quarantined", "seconds"):
+        for column in ("stage", "domain", "status", "rows in", "rows out", "quarantined", "seconds", "fixed s", "data s"):
             report.add_column(column)
-        for row in demo_job.report_rows(read_run_reports(the_lake, nights[-1])):
+        for row in demo_job.report_rows(summarise(the_lake, nights[-1])):
             report.add_row(*row)
         console.print(report)
         console.print(f"More: `crossrec sql \"SELECT * FROM run_reports WHERE ds = '{nights[-1]}'\"`, `crossrec tables`, `make ui`.")

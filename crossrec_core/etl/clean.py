@@ -323,7 +323,8 @@ def clean(settings: Settings, ds: str, domain: str) -> StageReport:
         report.bytes_in = sum(f.size for f in files)
         report.metrics["files"] = len(files)
         log.info("clean %s ds=%s: reading %d raw files, %d bytes", domain, ds, len(files), report.bytes_in)
-        spark = spark_session(settings, "crossrec-clean")
+        with report.setup("spark_session"):
+            spark = spark_session(settings, "crossrec-clean")
         raw = read_raw(spark, files).withColumn("row_id", F.monotonically_increasing_id())
         # Each output reads the raw files again: that costs less than caching every raw and
         # derived column of every row, and keeps memory flat as the input grows.

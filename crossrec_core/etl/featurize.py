@@ -173,7 +173,8 @@ def featurize(settings: Settings, ds: str) -> StageReport:
         report.bytes_in = sum(dir_size(Path(p))[0] for p in paths)
         log.info("featurize ds=%s: reading %d clean partitions, %d rows, %d bytes", ds, len(paths), report.rows_in, report.bytes_in)
 
-        spark = spark_session(settings, "crossrec-featurize")
+        with report.setup("spark_session"):
+            spark = spark_session(settings, "crossrec-featurize")
         clean = (
             spark.read.option("basePath", str(lake.table_root(CLEAN_INTERACTIONS)))
             .schema(CLEAN_INTERACTIONS.spark_schema(with_partitions=True))
