@@ -33,6 +33,8 @@ from crossrec_core.models.mf import embedding_table, in_domain_loss, shared_rank
 
 class EMCDR(Recommender):
     name = "emcdr"
+    source_history: torch.Tensor
+    source_history_weights: torch.Tensor
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)
