@@ -155,3 +155,28 @@ def test_item_knn_cross_beats_popularity_on_real_cold_start_users(shared_data):
     }
     assert ndcg["item_knn_cross"] > 0.05
     assert ndcg["item_knn_cross"] > 5 * ndcg["popularity"]
+
+
+@pytest.mark.parametrize("n_users", [40, 400])  # fewer users than source items: solved over the users
+def test_ease_cross_ridge_solves_the_regression_and_keeps_the_largest_weights(n_users):
+    """ridge_weights equals the closed form (X^T X + l2 I)^-1 X^T Y on either of its two
+    systems, column blocks included, and keeps each column's largest-magnitude weights."""
+    from crossrec_core.models import item_knn
+
+    rng = np.random.default_rng(0)
+    x = sp.random(n_users, 120, density=0.05, random_state=rng, format="csr", dtype=np.float32)
+    x.data[:] = 1.0
+    y = sp.random(n_users, 700, density=0.03, random_state=rng, format="csr", dtype=np.float32)
+    y.data[:] = 1.0
+    dense_x, l2 = x.toarray().astype(np.float64), 4.0
+    exact = np.linalg.solve(dense_x.T @ dense_x + l2 * np.eye(120), dense_x.T @ y.toarray())
+    assert item_knn.CG_COLUMN_BLOCK < 700  # several blocks
+    solved = item_knn.ridge_weights(x, y, l2, keep=120).toarray()
+    np.testing.assert_allclose(solved, exact, atol=1e-3 * np.abs(exact).max())
+    kept = item_knn.ridge_weights(x, y, l2, keep=5).toarray()
+    assert ((kept != 0).sum(0) <= 5).all()
+    for column in range(700):
+        n = min(5, int((np.abs(exact[:, column]) > 1e-3).sum()))
+        assert (kept[:, column] != 0).sum() >= n
+        largest = np.sort(np.abs(exact[:, column]))[::-1][:n]
+        np.testing.assert_allclose(np.sort(np.abs(kept[:, column]))[::-1][:n], largest, atol=1e-3)

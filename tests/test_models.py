@@ -179,3 +179,36 @@ def test_history_encoding_excludes_the_positive(tiny_features):
     with torch.no_grad():
         excluded = model.encode("tgt", users, exclude_items=torch.tensor([int(own[0])]))
         assert torch.allclose(excluded, other.encode("tgt", users), atol=1e-6)
+
+
+def test_the_hybrid_serves_transfer_plus_memory_plus_bias_and_follows_its_weights(tiny_features):
+    """The served score is cos / T + the sum of M over the user's source history + the
+    item bias, and it follows every change of M: an optimiser step in place and a
+    loaded state (the scorer derives M once per state, not once per block)."""
+    torch.manual_seed(0)
+    model = build_model("hybrid", tiny_features, model_settings()).eval()
+    target, keys = tiny_features.target, torch.arange(tiny_features.n_users)
+    history = getattr(model, f"history_{tiny_features.source}")
+    present = getattr(model, f"history_weights_{tiny_features.source}") > 0
+
+    def expected() -> torch.Tensor:
+        memory = torch.zeros(len(model.memory_indptr) - 1, tiny_features.n_items(target))
+        rows = torch.repeat_interleave(torch.arange(len(memory)), torch.diff(model.memory_indptr))
+        memory[rows, model.memory_indices] = model.memory_weights()
+        reached = torch.where(present[:, :, None], memory[history], 0.0).sum(1)
+        transfer = dot_scores(model.user_vectors(target, keys), model.item_vectors(target))
+        return transfer + reached + model.item_bias
+
+    def served() -> torch.Tensor:
+        return model.score(target, keys, model.item_vectors(target))
+
+    with torch.no_grad():
+        assert model.memory_indices.numel() > 0
+        torch.testing.assert_close(served(), expected())
+        model.memory_values.add_(torch.rand_like(model.memory_values))  # as an optimiser step does
+        model.item_bias.add_(1.0)
+        torch.testing.assert_close(served(), expected())
+        other = build_model("hybrid", tiny_features, model_settings())
+        other.memory_values.normal_()
+        model.load_state_dict(other.state_dict())
+        torch.testing.assert_close(served(), expected())

@@ -17,7 +17,8 @@ Models are parametrised by domain name, never by copy-pasted source/target paths
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -112,13 +113,15 @@ class Recommender(nn.Module, ABC):
 def dot_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Scores [users, items] = user_vectors @ item_vectors.T, dense or sparse operands.
 
-    ``out``: a contiguous float32 [users, items] tensor that dense products are written
-    into (a block scorer reuses one: allocating a fresh block per batch costs about as
-    much as the product itself, in page faults); sparse products allocate their own."""
+    ``out``: a contiguous float32 [users, items] tensor that dense and sparse x sparse
+    products are written into (a block scorer reuses one: allocating a fresh block per
+    batch costs about as much as the product itself, in page faults)."""
     if user_vectors.layout != torch.strided and item_vectors.layout != torch.strided:
         # Both sparse (item_knn_cross): CSR @ CSR is torch's fast sparse product; an item
         # matrix stored as CSC transposes to CSR for free.
-        return torch.sparse.mm(user_vectors.to_sparse_csr(), item_vectors.t().to_sparse_csr()).to_dense()
+        product = torch.sparse.mm(user_vectors.to_sparse_csr(), item_vectors.t().to_sparse_csr())
+        dense = out.zero_() if out is not None else torch.zeros(product.shape, dtype=product.dtype, device=product.device)
+        return add_sparse_(dense, product)
     if item_vectors.is_sparse or item_vectors.layout == torch.sparse_csr:
         dense_users = user_vectors.to_dense() if user_vectors.is_sparse else user_vectors
         return torch.sparse.mm(item_vectors, dense_users.T).T
@@ -127,6 +130,35 @@ def dot_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, out: torc
     if out is not None and user_vectors.dtype == item_vectors.dtype == out.dtype:
         return torch.matmul(user_vectors, item_vectors.T, out=out)
     return user_vectors @ item_vectors.T
+
+
+def add_sparse_(dense: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``dense += matrix`` in place for a sparse CSR ``matrix`` of the same shape: one
+    scatter of its stored entries (CSR ``to_dense`` is several times slower and
+    allocates a second dense block)."""
+    crow = matrix.crow_indices()
+    rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=dense.device), torch.diff(crow))
+    return dense.index_put_((rows, matrix.col_indices()), matrix.values(), accumulate=True)
+
+
+Derived = TypeVar("Derived")
+
+
+class Memo(Generic[Derived]):
+    """The last value that ``build`` derived from some tensors, rebuilt only when one of
+    them changed: in place (its version counter, which optimiser steps and
+    ``load_state_dict`` bump), replaced or moved (its storage). The scorer asks for a
+    model's per-run constants (e.g. the hybrid's item-to-item weights) once per block."""
+
+    def __init__(self) -> None:
+        self._key: tuple[tuple[int, int], ...] | None = None
+        self._value: Derived | None = None
+
+    def get(self, tensors: tuple[torch.Tensor, ...], build: Callable[[], Derived]) -> Derived:
+        key = tuple((tensor.data_ptr(), tensor._version) for tensor in tensors)
+        if self._value is None or key != self._key:
+            self._value, self._key = build(), key
+        return self._value
 
 
 def build_model(name: str, features: FeatureSet, settings: ModelSettings) -> Recommender:

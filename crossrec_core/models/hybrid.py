@@ -42,9 +42,9 @@ from torch import nn
 from crossrec_core.batches import batch_key
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet, entry_rows
-from crossrec_core.models.base import dot_scores
+from crossrec_core.models.base import Memo, add_sparse_, dot_scores
 from crossrec_core.models.encoders import DANN, TEMPERATURE
-from crossrec_core.models.item_knn import csr_tensor, multi_hot, pair_lookup, top_contributors
+from crossrec_core.models.item_knn import PairWeights, csr_tensor, multi_hot, pair_weights, top_contributors
 from crossrec_core.models.mf import shared_candidate_logits, shared_softmax_loss
 
 
@@ -89,10 +89,22 @@ class Hybrid(DANN):
         self.memory_log_scale = nn.Parameter(torch.tensor(math.log(1.0 / TEMPERATURE)))
         self.item_bias = nn.Parameter(torch.zeros(features.n_items(self.target)))
         self.paths = frozenset(settings.hybrid_paths)
+        self._serving_memory: Memo[tuple[torch.Tensor, PairWeights]] = Memo()
 
     def memory_weights(self) -> torch.Tensor:
         """M = scale * item_knn_cross's weights + learned corrections, per stored pair."""
         return self.memory_log_scale.exp() * self.memory_counts + self.memory_values
+
+    def serving_memory(self) -> tuple[torch.Tensor, PairWeights]:
+        """(M per stored pair, detached; its pair lookup for explanations), derived once
+        per state of the memory's tensors: scoring reads them for every block."""
+        tensors = (self.memory_indptr, self.memory_indices, self.memory_counts, self.memory_values, self.memory_log_scale)
+
+        def build() -> tuple[torch.Tensor, PairWeights]:
+            values = self.memory_weights().detach()
+            return values, pair_weights(self.memory_indptr, self.memory_indices, values, len(self.item_bias))
+
+        return self._serving_memory.get(tensors, build)
 
     def _memory_history(self, user_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Source history [B, L] item keys (clipped to the memory's rows) and presence."""
@@ -121,11 +133,11 @@ class Hybrid(DANN):
         else:
             scores = out.zero_() if out is not None else item_vectors.new_zeros(len(user_keys), item_vectors.shape[0])
         if "memory" in self.paths:
-            scores += self._memory_scores(user_keys)
+            add_sparse_(scores, self._memory_scores(user_keys))
         return scores.add_(self.item_bias)
 
     def _memory_scores(self, user_keys: torch.Tensor) -> torch.Tensor:
-        """[B, n_target] sum of M over each user's source history: multi-hot @ M, sparse x sparse."""
+        """[B, n_target] sparse CSR sum of M over each user's source history: multi-hot @ M, sparse x sparse."""
         items, present = self._memory_history(user_keys)
         counts = present.sum(1)
         history = csr_tensor(
@@ -135,9 +147,9 @@ class Hybrid(DANN):
             size=(len(user_keys), len(self.memory_indptr) - 1),
         )
         memory = csr_tensor(
-            self.memory_indptr, self.memory_indices, self.memory_weights().detach(), size=(len(self.memory_indptr) - 1, len(self.item_bias))
+            self.memory_indptr, self.memory_indices, self.serving_memory()[0], size=(len(self.memory_indptr) - 1, len(self.item_bias))
         )
-        return torch.sparse.mm(history, memory).to_dense()
+        return torch.sparse.mm(history, memory)
 
     def cross_domain_loss(
         self, batch: dict[str, torch.Tensor], users: torch.Tensor, overlap: torch.Tensor, unit_tables: dict[str, torch.Tensor]
@@ -183,10 +195,4 @@ class Hybrid(DANN):
         if domain != self.target or "memory" not in self.paths:
             return None
         items, present = self._memory_history(user_keys)
-        n_items = len(self.item_bias)
-
-        def weight_of(sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            position, found = pair_lookup((sources * n_items + targets).flatten(), n_items, self.memory_indptr, self.memory_indices)
-            return torch.where(found, self.memory_weights().detach()[position], 0.0).view_as(sources)
-
-        return top_contributors(items, present, item_keys, weight_of, n)
+        return top_contributors(items, present, item_keys, self.serving_memory()[1], n)

@@ -43,6 +43,7 @@ import logging
 import time
 import warnings
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,13 @@ import torch
 
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet, entry_rows
-from crossrec_core.models.base import Recommender
+from crossrec_core.models.base import Memo, Recommender
 
 log = logging.getLogger(__name__)
 
 CG_MAX_ITERATIONS = 50
 CG_TOLERANCE = 1e-3  # relative residual of every column: ranks need no more
-CG_COLUMN_BLOCK = 4096  # target columns solved at once: memory ~ 5 x min(users, source items) x block floats
+CG_COLUMN_BLOCK = 64  # target columns solved at once: a narrow block keeps the products in cache and stops with its own slowest column
 EXPLAIN_LOOKUPS = 4_000_000  # (user, history item, recommended item) lookups per chunk
 
 
@@ -68,6 +69,16 @@ def csr_tensor(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
         # transpose, CSR @ CSR, to_dense) are the stable core of it.
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         return torch.sparse_csr_tensor(indptr, indices, values, size=size, check_invariants=False)
+
+
+def scipy_csr_tensor(matrix: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A torch CSR tensor of a scipy CSR matrix (float32 values)."""
+    return csr_tensor(
+        torch.from_numpy(matrix.indptr.astype(np.int64)).to(device),
+        torch.from_numpy(matrix.indices.astype(np.int64)).to(device),
+        torch.from_numpy(matrix.data.astype(np.float32)).to(device),
+        size=matrix.shape,
+    )
 
 
 def multi_hot(matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -91,14 +102,25 @@ def padded_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, 
     return torch.from_numpy(keys), torch.from_numpy(present)
 
 
-def pair_lookup(codes: torch.Tensor, n_columns: int, indptr: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(position in the CSR arrays, found) of entries row * n_columns + column: one
-    binary search over the matrix's sorted entry codes."""
+PairWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pair_weights(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, n_columns: int) -> PairWeights:
+    """``weight_of(sources, targets)`` for :func:`top_contributors`: the stored weight of
+    each (row, column) pair of a sorted CSR matrix, 0 where none. The entries' codes
+    row * n_columns + column ascend, so one binary search finds a pair; they are built
+    once per call of this function, not per lookup."""
     rows = torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), torch.diff(indptr))
     entry_codes = rows * n_columns + indices
-    position = torch.searchsorted(entry_codes, codes).clamp_max(max(len(entry_codes) - 1, 0))
-    found = entry_codes[position] == codes if len(entry_codes) else torch.zeros_like(codes, dtype=torch.bool)
-    return position, found
+
+    def weight_of(sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not len(entry_codes):
+            return torch.zeros(sources.shape, dtype=values.dtype, device=sources.device)
+        codes = (sources * n_columns + targets).flatten()
+        position = torch.searchsorted(entry_codes, codes).clamp_max(len(entry_codes) - 1)
+        return torch.where(entry_codes[position] == codes, values[position], 0.0).view_as(sources)
+
+    return weight_of
 
 
 def top_contributors(history: torch.Tensor, present: torch.Tensor, item_keys: torch.Tensor, weight_of, n: int) -> torch.Tensor:
@@ -113,9 +135,12 @@ def top_contributors(history: torch.Tensor, present: torch.Tensor, item_keys: to
     step = max(1, EXPLAIN_LOOKUPS // max(1, history.shape[1] * k))
     for start in range(0, users, step):
         rows = slice(start, start + step)
-        sources = history[rows][:, :, None].expand(-1, -1, k)  # [u, L, k]
-        targets = item_keys[rows][:, None, :].expand_as(sources)
-        weights = weight_of(sources, targets.clamp_min(0)).masked_fill(~present[rows][:, :, None] | (targets < 0), 0.0)
+        # Look up present history items only: histories are padded to the longest.
+        owner, position = torch.nonzero(present[rows], as_tuple=True)
+        targets = item_keys[rows][owner]  # [P, k]
+        sources = history[rows][owner, position][:, None].expand_as(targets)
+        weights = torch.zeros((*present[rows].shape, k), device=item_keys.device)  # [u, L, k]
+        weights[owner, position] = weight_of(sources, targets.clamp_min(0)).masked_fill(targets < 0, 0.0)
         best, where = weights.topk(min(n, weights.shape[1]), dim=1)  # [u, n', k]
         chosen = history[rows].gather(1, where.flatten(1)).view_as(where)
         chosen = torch.where(best > 0, chosen, -1).transpose(1, 2)  # [u, k, n']
@@ -141,6 +166,7 @@ class ItemToItemModel(Recommender):
         self.register_buffer("weights_values", torch.zeros(0))
         self.register_buffer("n_target_items", torch.tensor(features.n_items(self.target)))
         self._histories: sp.csr_matrix | None = None
+        self._pair_weights: Memo[PairWeights] = Memo()
 
     @property
     def n_source_items(self) -> int:
@@ -182,14 +208,7 @@ class ItemToItemModel(Recommender):
 
     def user_vectors(self, domain: str, user_keys: torch.Tensor) -> torch.Tensor:
         self._check_domain(domain)
-        rows = self._user_histories()[user_keys.cpu().numpy()]
-        device = self.weights_values.device
-        return csr_tensor(
-            torch.from_numpy(rows.indptr.astype(np.int64)).to(device),
-            torch.from_numpy(rows.indices.astype(np.int64)).to(device),
-            torch.from_numpy(rows.data).to(device),
-            size=rows.shape,
-        )
+        return scipy_csr_tensor(self._user_histories()[user_keys.cpu().numpy()], self.weights_values.device)
 
     def item_vectors(self, domain: str) -> torch.Tensor:
         """[n_target_items, n_source_items + 1] sparse CSC (the transpose of the stored CSR)."""
@@ -201,12 +220,8 @@ class ItemToItemModel(Recommender):
         self._check_domain(domain)
         device = self.weights_values.device
         history, present = padded_rows(self._user_histories()[:, : self.n_source_items], user_keys.cpu().numpy())
-        n_items = int(self.n_target_items)
-
-        def weight_of(sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            position, found = pair_lookup((sources * n_items + targets).flatten(), n_items, self.weights_indptr, self.weights_indices)
-            return torch.where(found, self.weights_values[position], 0.0).view_as(sources)
-
+        tensors = (self.weights_indptr, self.weights_indices, self.weights_values)
+        weight_of = self._pair_weights.get(tensors, lambda: pair_weights(*tensors, int(self.n_target_items)))
         return top_contributors(history.to(device), present.to(device), item_keys.to(device), weight_of, n)
 
 
@@ -251,58 +266,58 @@ def ridge_weights(x: sp.csr_matrix, y: sp.csr_matrix, l2: float, keep: int) -> s
     weights kept. Conjugate gradients (Jacobi-preconditioned), all columns of a block at
     once, on the smaller of the two equivalent systems: (X^T X + l2 I) W = X^T Y over the
     items, or (X X^T + l2 I) A = Y over the users with W = X^T A. The products go through
-    the sparse X (scipy), never a dense Gram matrix or inverse."""
+    the sparse X (torch CSR, multi-threaded), never a dense Gram matrix or inverse."""
     x = x.astype(np.float32).tocsr()
     n_users, n_source = x.shape
     n_target = y.shape[1]
     over_users = n_users < n_source
     operator = x.T.tocsr() if over_users else x  # M: the system is (M^T M + l2 I) Z = rhs
-    operator_t = operator.T.tocsr()
     rhs_all = (y if over_users else x.T @ y).astype(np.float32).tocsc()
-    diagonal = np.asarray(operator.multiply(operator).sum(axis=0)).ravel().astype(np.float32) + np.float32(l2)
-    x_t = x.T.tocsr()
+    diagonal = torch.from_numpy(np.asarray(operator.multiply(operator).sum(axis=0)).ravel().astype(np.float32)) + l2
+    operator_tensor, operator_t_tensor = scipy_csr_tensor(operator), scipy_csr_tensor(operator.T.tocsr())
+    x_t = scipy_csr_tensor(x.T.tocsr())
     keep = min(keep, n_source)
     rows, columns, values = [], [], []
     for start in range(0, n_target, CG_COLUMN_BLOCK):
         stop = min(start + CG_COLUMN_BLOCK, n_target)
-        rhs = rhs_all[:, start:stop].toarray()
-        solution = _conjugate_gradients(lambda z: operator_t @ (operator @ z) + np.float32(l2) * z, rhs, diagonal)
+        rhs = torch.from_numpy(rhs_all[:, start:stop].toarray())
+        solution = _conjugate_gradients(lambda z: (operator_t_tensor @ (operator_tensor @ z)).add_(z, alpha=l2), rhs, diagonal)
         if over_users:
             solution = x_t @ solution
-        top = (
-            np.argpartition(-np.abs(solution), keep - 1, axis=0)[:keep]
-            if keep < n_source
-            else np.arange(n_source)[:, None].repeat(stop - start, 1)
-        )
-        rows.append(top.ravel())
+        top = solution.abs().topk(keep, dim=0).indices  # [keep, columns]
+        rows.append(top.flatten().numpy())
         columns.append(np.broadcast_to(np.arange(start, stop), top.shape).ravel())
-        values.append(np.take_along_axis(solution, top, axis=0).ravel())
+        values.append(solution.gather(0, top).flatten().numpy())
     weights = sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(n_source, n_target))
     weights.eliminate_zeros()
     return weights
 
 
-def _conjugate_gradients(apply, rhs: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+def _column_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # A product and a sum over rows: torch.linalg.vecdot and einsum are several times
+    # slower on a tall [rows, columns] block.
+    return (a * b).sum(0)
+
+
+def _conjugate_gradients(apply, rhs: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
     """Solve A Z = rhs column by column (A symmetric positive definite, given by ``apply``;
     ``diagonal``: A's diagonal, the Jacobi preconditioner)."""
-    inverse_diagonal = (1.0 / diagonal)[:, None]
-    solution = np.zeros_like(rhs)
-    residual = rhs.copy()
+    inverse_diagonal = diagonal.reciprocal()[:, None]
+    solution = torch.zeros_like(rhs)
+    residual = rhs.clone()
     preconditioned = residual * inverse_diagonal
-    direction = preconditioned.copy()
-    products = np.einsum("ij,ij->j", residual, preconditioned)
-    targets = CG_TOLERANCE**2 * np.einsum("ij,ij->j", rhs, rhs)
-    tiny = np.float32(1e-30)
+    direction = preconditioned.clone()
+    products = _column_dots(residual, preconditioned)
+    targets = CG_TOLERANCE**2 * _column_dots(rhs, rhs)
     for _ in range(CG_MAX_ITERATIONS):
-        if (np.einsum("ij,ij->j", residual, residual) <= targets).all():
+        if bool((_column_dots(residual, residual) <= targets).all()):
             break
         applied = apply(direction)
-        step = products / np.maximum(np.einsum("ij,ij->j", direction, applied), tiny)
-        solution += step * direction
-        residual -= step * applied
-        np.multiply(residual, inverse_diagonal, out=preconditioned)
-        new_products = np.einsum("ij,ij->j", residual, preconditioned)
-        direction *= new_products / np.maximum(products, tiny)
-        direction += preconditioned
+        step = products / _column_dots(direction, applied).clamp_min(1e-30)
+        solution.addcmul_(step, direction)
+        residual.addcmul_(step, applied, value=-1)
+        torch.mul(residual, inverse_diagonal, out=preconditioned)
+        new_products = _column_dots(residual, preconditioned)
+        direction.mul_(new_products / products.clamp_min(1e-30)).add_(preconditioned)
         products = new_products
     return solution
