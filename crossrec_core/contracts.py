@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from crossrec_core.errors import CrossrecError
@@ -83,6 +84,15 @@ class Split(StrEnum):
     TRAIN = "train"
     VALID_WARM = "valid_warm"  # latest target interactions of warm users
     VALID_COLD = "valid_cold"  # all target interactions of held-out overlapping users
+
+
+def warm_holdout_size(n: np.ndarray, fraction: float) -> np.ndarray:
+    """The one warm-split rule: a warm user with n target interactions gives each
+    held-out split (nightly: validation; offline: validation and test) its latest
+    max(1, round(fraction x n)) of them, halves rounded up. featurize computes the same
+    in Spark (``featurize.warm_holdout_column``, checked against this in
+    test_featurize); who is warm at all is ``min_target_interactions``."""
+    return np.maximum(1, np.floor(fraction * np.asarray(n, dtype=np.float64) + 0.5)).astype(np.int64)
 
 
 class StageStatus(StrEnum):

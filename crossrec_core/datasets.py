@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import scipy.sparse as sp
 
-from crossrec_core.contracts import HOLDOUT_SPLITS, Segment
+from crossrec_core.contracts import HOLDOUT_SPLITS, Segment, warm_holdout_size
 from crossrec_core.data import FeatureSet
 from crossrec_core.errors import InputError, MissingDataError
 
@@ -301,8 +301,8 @@ def load_recbole(
       lose their whole target history from training; half of them (by the same draw)
       are the validation split's COLD_START users, the other half the test split's.
     - warm: every other user with at least ``min_target_interactions`` target
-      interactions holds out their latest ``round(warm_fraction * n)`` (at least one)
-      target interactions for test, and the ones just before for validation
+      interactions holds out their latest :func:`~crossrec_core.contracts.warm_holdout_size`
+      target interactions for test, and as many just before for validation
       (timestamp order, ties by item key). Source interactions all train (the source
       domain is not evaluated; later source ratings of a user are not cut).
     """
@@ -343,7 +343,7 @@ def load_recbole(
     cold = rng.permutation(both)[: round(cold_start_fraction * both.size)]
     cold_split = np.zeros(n_users, dtype=np.int8)  # 0: not cold, 1: validation cold, 2: test cold
     cold_split[cold] = 1 + (np.arange(cold.size) % 2)
-    held = np.where(counts >= min_target_interactions, np.maximum(1, np.round(warm_fraction * counts)).astype(np.int64), 0)
+    held = np.where(counts >= min_target_interactions, warm_holdout_size(counts, warm_fraction), 0)
     from_end = counts[t_user] - position  # 1 for the latest interaction
     is_cold = cold_split[t_user] > 0
     warm_test = ~is_cold & (from_end <= held[t_user])

@@ -223,3 +223,19 @@ def test_rerun_takes_keys_from_the_earlier_partition_not_its_own(history):
     assert users == {u: k for k, u in enumerate(["0new", *sorted(d1_users)])}
     manifest = json.loads((lake.root / "features" / f"ds={D1}" / "_manifest.json").read_text())
     assert manifest["window"] == [D0, D1] and manifest["days_read"][SOURCE] == [D1]
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.25, 0.5, 0.7])
+def test_the_nightly_and_offline_warm_splits_hold_out_the_same_counts(spark, fraction):
+    """One warm-split rule: featurize's Spark expression equals contracts.warm_holdout_size
+    (what the offline loaders use), halves rounded up, at least one."""
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from crossrec_core.contracts import warm_holdout_size
+    from crossrec_core.etl.featurize import warm_holdout_column
+
+    counts = np.arange(1, 81)
+    rows = spark.range(1, 81).select("id", warm_holdout_column(F.col("id"), fraction).alias("held")).orderBy("id").collect()
+    assert [row.held for row in rows] == warm_holdout_size(counts, fraction).tolist()
+    assert warm_holdout_size(np.array([1, 3, 5]), 0.5).tolist() == [1, 2, 3]  # halves round up

@@ -12,8 +12,8 @@
   the ones with the smallest xxhash64(user_id, model.seed), are cold-start validation
   users: all their target rows are ``valid_cold``, their source rows train. A remaining
   target user with at least ``min_target_interactions`` target items gives the latest
-  max(1, floor(``warm_fraction`` x n)) of them by last_ts (ties: larger item id first) to
-  ``valid_warm``. Everything else is ``train``.
+  ``contracts.warm_holdout_size(n, warm_fraction)`` of them by last_ts (ties: larger item
+  id first) to ``valid_warm``. Everything else is ``train``.
 * Output: ``user_keys``, ``item_keys``, ``interactions`` and ``_manifest.json`` (window
   and days read) under features/ds=DS, swapped into place together.
 """
@@ -42,7 +42,7 @@ from crossrec_core.reports import StageReport, stage_run
 from crossrec_core.spark import spark_session
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,13 @@ def cold_start_users(users: pa.Table, fraction: float) -> pa.ChunkedArray:
     return overlap.sort_by([("draw", "ascending"), ("user_id", "ascending")])["user_id"][:drawn]
 
 
+def warm_holdout_column(n: Column, fraction: float) -> Column:
+    """:func:`crossrec_core.contracts.warm_holdout_size` as a Spark expression."""
+    from pyspark.sql import functions as F
+
+    return F.greatest(F.lit(1), F.floor(n * fraction + F.lit(0.5))).cast("long")
+
+
 def assign_splits(pairs: DataFrame, cold_users: pa.ChunkedArray, settings: Settings) -> DataFrame:
     """``pairs`` with a ``split`` column (contracts.Split)."""
     from pyspark.sql import Window
@@ -131,7 +138,7 @@ def assign_splits(pairs: DataFrame, cold_users: pa.ChunkedArray, settings: Setti
     latest_first = Window.partitionBy("user_id").orderBy(F.desc("last_ts"), F.desc("item_id"))
     rows = F.count(F.lit(1)).over(latest_first.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
     recency = F.row_number().over(latest_first)
-    held_out = F.greatest(F.lit(1), F.floor(rows * settings.validation.warm_fraction))
+    held_out = warm_holdout_column(rows, settings.validation.warm_fraction)
     target_split = (
         F.when(F.col("cold").isNotNull(), F.lit(Split.VALID_COLD.value))
         .when((rows >= settings.validation.min_target_interactions) & (recency <= held_out), F.lit(Split.VALID_WARM.value))
