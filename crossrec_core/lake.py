@@ -148,7 +148,11 @@ def dir_size(path: Path) -> tuple[int, int]:
 
 
 def _file_stats(path: Path) -> dict[str, Any]:
-    """Delta AddAction stats from the Parquet footer (row count, min/max, nulls)."""
+    """Delta AddAction stats from the Parquet footer (row count, min/max, nulls).
+
+    Built here because delta-rs computes statistics only for data it writes itself: the
+    scorer's Parquet files are committed as they were written (``create_write_transaction``
+    takes ready AddActions), so that a large partition is never read back to be rewritten."""
     meta = pq.ParquetFile(path).metadata
     stats: dict[str, Any] = {"numRecords": meta.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
     for ci in range(meta.num_columns):
