@@ -31,6 +31,12 @@ def batch_key(field: str, domain: str) -> str:
     return f"{field}:{domain}"
 
 
+def tensor_entry_rows(lengths: torch.Tensor) -> torch.Tensor:
+    """:func:`~crossrec_core.data.entry_rows` for torch: the row of every stored entry,
+    from the rows' lengths (``torch.diff(indptr)``), on their device."""
+    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+
+
 def csr_coordinates(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, column, value) arrays of a CSR matrix, rows expanded from ``indptr``."""
     rows = entry_rows(np.diff(matrix.indptr))
@@ -84,7 +90,7 @@ class NegativeSampler:
         drawn_column[negatives] = torch.arange(n, device=device)
         starts = self.row_starts[users]
         lengths = self.n_items - self.n_negatives[users]
-        rows = torch.repeat_interleave(torch.arange(len(users), device=device), lengths)
+        rows = tensor_entry_rows(lengths)
         first_of_row = torch.cumsum(lengths, 0) - lengths
         positives = self.items[starts[rows] + torch.arange(rows.numel(), device=device) - first_of_row[rows]]
         columns = drawn_column[positives]

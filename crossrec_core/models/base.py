@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
+from crossrec_core.batches import tensor_entry_rows
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet
 
@@ -136,8 +137,7 @@ def add_sparse_(dense: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """``dense += matrix`` in place for a sparse CSR ``matrix`` of the same shape: one
     scatter of its stored entries (CSR ``to_dense`` is several times slower and
     allocates a second dense block)."""
-    crow = matrix.crow_indices()
-    rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=dense.device), torch.diff(crow))
+    rows = tensor_entry_rows(torch.diff(matrix.crow_indices()))
     return dense.index_put_((rows, matrix.col_indices()), matrix.values(), accumulate=True)
 
 

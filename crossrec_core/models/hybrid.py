@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from crossrec_core.batches import batch_key
+from crossrec_core.batches import batch_key, tensor_entry_rows
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet, entry_rows
 from crossrec_core.models.base import Memo, add_sparse_, dot_scores
@@ -121,7 +121,7 @@ class Hybrid(DANN):
         starts = self.memory_indptr[sources]
         lengths = self.memory_indptr[sources + 1] - starts
         first = torch.cumsum(lengths, 0) - lengths
-        rows = torch.repeat_interleave(torch.arange(len(sources), device=sources.device), lengths)
+        rows = tensor_entry_rows(lengths)
         entries = starts[rows] + torch.arange(rows.numel(), device=sources.device) - first[rows]
         return owner[rows], self.memory_indices[entries], entries
 

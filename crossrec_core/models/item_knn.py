@@ -50,6 +50,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from crossrec_core.batches import tensor_entry_rows
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet, entry_rows
 from crossrec_core.models.base import Memo, Recommender
@@ -110,8 +111,7 @@ def pair_weights(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tens
     each (row, column) pair of a sorted CSR matrix, 0 where none. The entries' codes
     row * n_columns + column ascend, so one binary search finds a pair; they are built
     once per call of this function, not per lookup."""
-    rows = torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), torch.diff(indptr))
-    entry_codes = rows * n_columns + indices
+    entry_codes = tensor_entry_rows(torch.diff(indptr)) * n_columns + indices
 
     def weight_of(sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if not len(entry_codes):
@@ -275,7 +275,6 @@ def ridge_weights(x: sp.csr_matrix, y: sp.csr_matrix, l2: float, keep: int) -> s
     rhs_all = (y if over_users else x.T @ y).astype(np.float32).tocsc()
     diagonal = torch.from_numpy(np.asarray(operator.multiply(operator).sum(axis=0)).ravel().astype(np.float32)) + l2
     operator_tensor, operator_t_tensor = scipy_csr_tensor(operator), scipy_csr_tensor(operator.T.tocsr())
-    x_t = scipy_csr_tensor(x.T.tocsr())
     keep = min(keep, n_source)
     rows, columns, values = [], [], []
     for start in range(0, n_target, CG_COLUMN_BLOCK):
@@ -283,7 +282,7 @@ def ridge_weights(x: sp.csr_matrix, y: sp.csr_matrix, l2: float, keep: int) -> s
         rhs = torch.from_numpy(rhs_all[:, start:stop].toarray())
         solution = _conjugate_gradients(lambda z: (operator_t_tensor @ (operator_tensor @ z)).add_(z, alpha=l2), rhs, diagonal)
         if over_users:
-            solution = x_t @ solution
+            solution = operator_tensor @ solution  # W = X^T A; the operator is X^T
         top = solution.abs().topk(keep, dim=0).indices  # [keep, columns]
         rows.append(top.flatten().numpy())
         columns.append(np.broadcast_to(np.arange(start, stop), top.shape).ravel())
