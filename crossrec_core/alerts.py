@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from crossrec_core.contracts import ALERTS, AlertKind
-from crossrec_core.lake import Lake, retry_commit
+from crossrec_core.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ def record(lake: Lake, alert: Alert, webhook_outcome: str) -> None:
     """Write the alert's row; recording the same alert again (same run, task, try and
     kind) replaces its row instead of adding one."""
     import pyarrow as pa
-    from deltalake import write_deltalake
 
     row = {
         "raised_at": alert.raised_at,
@@ -87,21 +86,14 @@ def record(lake: Lake, alert: Alert, webhook_outcome: str) -> None:
         "webhook": webhook_outcome,
         "ds": alert.ds,
     }
-    data = ALERTS.validate(pa.Table.from_pylist([row]), with_partitions=True)
-    lake._ensure_delta(ALERTS)
-
-    def quoted(value: str) -> str:
-        return "'" + value.replace("'", "''") + "'"
-
-    predicate = (
-        f"ds = {quoted(alert.ds)} AND run_id = {quoted(alert.run_id)} AND task_id = {quoted(alert.task_id)} "
-        f"AND kind = {quoted(str(alert.kind))} AND try_number = {int(alert.try_number)}"
-    )
-    retry_commit(  # two tasks of one night may fail at the same moment
-        lambda: write_deltalake(
-            str(lake.table_root(ALERTS)), data, mode="overwrite", predicate=predicate, partition_by=ALERTS.partition_names
-        )
-    )
+    key: dict[str, str | int] = {
+        "ds": alert.ds,
+        "run_id": alert.run_id,
+        "task_id": alert.task_id,
+        "kind": str(alert.kind),
+        "try_number": alert.try_number,
+    }
+    lake.replace_delta_rows(ALERTS, pa.Table.from_pylist([row]), where=key)
 
 
 def raise_alert(lake: Lake, alert: Alert, webhook: Webhook | None) -> str:

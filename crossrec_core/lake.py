@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +46,12 @@ COMMIT_ATTEMPTS = 20
 
 def retry_commit(commit: Callable[[], T]) -> T:
     """Run ``commit`` (a Delta write) again while a concurrent commit wins the race.
-    delta-rs rebases a commit only when nothing it read changed; crossrec's writes replace
-    a partition or a row (overwrite with a predicate), so a neighbour's commit to the same
-    partition (the other domain's clean, a second alert) makes delta-rs give up with
-    CommitFailedError. Repeating the write reads the new snapshot and then succeeds."""
+    delta-rs rebases a commit (up to CommitProperties.max_commit_retries) only when nothing
+    it read changed; crossrec's writes replace a partition or a row (overwrite with a
+    predicate), so a neighbour's commit to the same table (the other domain's publish or
+    clean report, a second alert) makes delta-rs give up with CommitFailedError ("a
+    concurrent transaction deleted data this operation read"). Repeating the write reads
+    the new snapshot and then succeeds."""
     from deltalake.exceptions import CommitFailedError
 
     for attempt in range(COMMIT_ATTEMPTS - 1):
@@ -174,6 +176,13 @@ def _file_stats(path: Path) -> dict[str, Any]:
                 stats["minValues"][name] = min(lows)
                 stats["maxValues"][name] = max(highs)
     return stats
+
+
+def _sql_literal(value: str | int) -> str:
+    """A Delta predicate literal: integers as they are, strings quoted with quotes doubled."""
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("'", "''") + "'"
 
 
 class Lake:
@@ -379,17 +388,31 @@ class Lake:
 
         return retry_commit(commit)
 
-    def write_delta_partition(self, table: Table, data: pa.Table, metrics: dict[str, Any] | None = None, **values: str) -> int:
-        """Validate an Arrow table and commit it as partition ``values`` (one commit)."""
-        data = table.validate(data)
-        staging = self.root / STAGING_DIR / f"{table.name}__{uuid.uuid4().hex}"
-        staging.mkdir(parents=True)
-        try:
-            path = staging / "part.parquet"
-            pq.write_table(data, path)
-            return self.commit_delta_partition(table, [path], metrics=metrics, **values)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    def replace_delta_rows(
+        self, table: Table, rows: pa.Table, where: Mapping[str, str | int], commit_info: dict[str, Any] | None = None
+    ) -> int:
+        """Commit ``rows`` (partition columns included) in place of the rows matching
+        ``where`` (column = value for each item), in one delta-rs write that computes the
+        file statistics itself; delta-rs refuses rows outside ``where``. Retried when a
+        concurrent commit wins the race. Returns the new table version."""
+        from deltalake import CommitProperties, write_deltalake
+
+        rows = table.validate(rows, with_partitions=True)
+        self._ensure_delta(table)
+        predicate = " AND ".join(f"{column} = {_sql_literal(value)}" for column, value in where.items())
+
+        def commit() -> int:
+            write_deltalake(
+                str(self.table_root(table)),
+                rows,
+                mode="overwrite",
+                predicate=predicate,
+                partition_by=table.partition_names,
+                commit_properties=CommitProperties(custom_metadata={"crossrec": json.dumps(commit_info or {})}),
+            )
+            return self.delta_table(table).version()
+
+        return retry_commit(commit)
 
     def delta_dataset(self, table: Table, version: int | None = None) -> pads.Dataset:
         """The snapshot as a pyarrow dataset (partition columns included), crash-free."""

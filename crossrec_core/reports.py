@@ -29,7 +29,7 @@ import psutil
 import pyarrow as pa
 
 from crossrec_core.contracts import RUN_REPORTS, StageStatus
-from crossrec_core.lake import Lake, retry_commit
+from crossrec_core.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,6 @@ def _startup_seconds() -> float | None:
 
 
 def _record(lake: Lake, report: StageReport, started_at: datetime, finished_at: datetime) -> None:
-    from deltalake import write_deltalake
-
     row = {
         "stage": report.stage,
         "domain": report.domain,
@@ -92,14 +90,8 @@ def _record(lake: Lake, report: StageReport, started_at: datetime, finished_at: 
         "metrics": json.dumps({"bytes_in": report.bytes_in, "bytes_out": report.bytes_out, **report.metrics}, default=str, sort_keys=True),
         "ds": report.ds,
     }
-    data = RUN_REPORTS.validate(pa.Table.from_pylist([row]), with_partitions=True)
-    lake._ensure_delta(RUN_REPORTS)
-    predicate = f"ds = '{report.ds}' AND stage = '{report.stage}' AND domain = '{report.domain}'"
-    retry_commit(  # parallel per-domain tasks commit concurrently
-        lambda: write_deltalake(
-            str(lake.table_root(RUN_REPORTS)), data, mode="overwrite", predicate=predicate, partition_by=RUN_REPORTS.partition_names
-        )
-    )
+    key = {"ds": report.ds, "stage": report.stage, "domain": report.domain}
+    lake.replace_delta_rows(RUN_REPORTS, pa.Table.from_pylist([row]), where=key)
 
 
 @contextmanager

@@ -11,7 +11,6 @@ This module imports neither torch nor Spark at the top: ``crossrec recs`` stays 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,8 +59,6 @@ def restore_night(lake: Lake, ds: str, version: int) -> int:
     """Serve again, for night ``ds`` only, the rows that table ``version`` held for it (every
     domain of that ds); other nights stay as they are. One delta-rs commit replaces the ds
     partition. Returns the new table version."""
-    from deltalake import CommitProperties, write_deltalake
-
     latest = lake.delta_table(RECOMMENDATIONS).version()
     if not 0 <= version < latest:
         raise LakeError(f"{RECOMMENDATIONS.path}: version {version} is not an earlier version (latest is {latest})")
@@ -77,16 +74,7 @@ def restore_night(lake: Lake, ds: str, version: int) -> int:
             f"{RECOMMENDATIONS.path} version {version}: its files for ds={ds} were vacuumed ({err}); "
             "versions older than the vacuum's --keep-days can no longer be restored"
         ) from None
-    rows = RECOMMENDATIONS.validate(rows, with_partitions=True)
-    write_deltalake(
-        str(lake.table_root(RECOMMENDATIONS)),
-        rows,
-        mode="overwrite",
-        predicate=f"ds = '{ds}'",
-        partition_by=RECOMMENDATIONS.partition_names,
-        commit_properties=CommitProperties(custom_metadata={"crossrec": json.dumps({"restored_ds": ds, "from_version": version})}),
-    )
-    new_version = lake.delta_table(RECOMMENDATIONS).version()
+    new_version = lake.replace_delta_rows(RECOMMENDATIONS, rows, where={"ds": ds}, commit_info={"restored_ds": ds, "from_version": version})
     log.info("restored ds=%s of %s to its rows of version %d as version %d", ds, RECOMMENDATIONS.path, version, new_version)
     return new_version
 

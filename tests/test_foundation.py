@@ -6,9 +6,12 @@ import json
 import multiprocessing
 import os
 import signal
+import uuid
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from deltalake.exceptions import DeltaError
 
 from crossrec_core.config import ConfigError, load_settings
 from crossrec_core.contracts import CLEAN_INTERACTIONS, RECOMMENDATIONS, USER_KEYS, ContractError
@@ -111,29 +114,74 @@ def test_kill_during_swap_loop_never_leaves_a_mix(lake):
         assert rows in (1000, 1001)
 
 
-def _recs(n: int, ds_tag: str) -> pa.Table:
+def _recs(n: int, tag: str, ds: str = "2026-01-01", domain: str = "books") -> pa.Table:
     return pa.table(
         {
             "user_id": [f"u{i}" for i in range(n)],
             "rank": [1] * n,
-            "item_id": [f"i{ds_tag}"] * n,
+            "item_id": [f"i{tag}"] * n,
             "score": [0.5] * n,
             "model_version": ["m"] * n,
             "segment": ["warm"] * n,
             "because": [[]] * n,
+            "ds": [ds] * n,
+            "domain": [domain] * n,
         }
     )
 
 
-def test_delta_commit_replaces_one_partition_and_keeps_history(lake):
-    v1 = lake.write_delta_partition(RECOMMENDATIONS, _recs(4, "a"), ds="2026-01-01", domain="books")
-    lake.write_delta_partition(RECOMMENDATIONS, _recs(2, "b"), ds="2026-01-02", domain="books")
-    v3 = lake.write_delta_partition(RECOMMENDATIONS, _recs(3, "c"), ds="2026-01-01", domain="books")
+def _replace_partition(lake: Lake, rows: pa.Table) -> int:
+    ds, domain = rows.column("ds")[0].as_py(), rows.column("domain")[0].as_py()
+    return lake.replace_delta_rows(RECOMMENDATIONS, rows, where={"ds": ds, "domain": domain})
+
+
+def _publish(lake: Lake, rows: pa.Table) -> int:
+    """What the publish stage does: commit a scored Parquet file as one partition."""
+    lake.root.mkdir(parents=True, exist_ok=True)
+    staged = lake.root / f"{uuid.uuid4().hex}.parquet"
+    pq.write_table(RECOMMENDATIONS.validate(rows.drop_columns(["ds", "domain"])), staged)
+    ds, domain = rows.column("ds")[0].as_py(), rows.column("domain")[0].as_py()
+    return lake.commit_delta_partition(RECOMMENDATIONS, [staged], ds=ds, domain=domain)
+
+
+@pytest.mark.parametrize("write", [_replace_partition, _publish], ids=["replace_delta_rows", "commit_delta_partition"])
+def test_delta_commit_replaces_one_partition_and_keeps_history(lake, write):
+    v1 = write(lake, _recs(4, "a"))
+    write(lake, _recs(2, "b", ds="2026-01-02"))
+    v3 = write(lake, _recs(3, "c"))
     assert v3 == v1 + 2
     now = lake.delta_dataset(RECOMMENDATIONS).to_table()
     assert sorted(now.column("item_id").to_pylist()) == ["ib"] * 2 + ["ic"] * 3
     then = lake.delta_dataset(RECOMMENDATIONS, version=v1).to_table()
     assert then.column("item_id").to_pylist() == ["ia"] * 4
+    with pytest.raises(DeltaError, match="rows failed validation check"):  # rows outside `where`
+        lake.replace_delta_rows(RECOMMENDATIONS, _recs(1, "d", ds="2026-01-03"), where={"ds": "2026-01-01"})
+    assert lake.delta_dataset(RECOMMENDATIONS).count_rows() == 5
+
+
+def test_two_domains_publishing_at_once_both_land(lake, monkeypatch):
+    """delta-rs refuses a partition overwrite whose snapshot a neighbour's commit changed
+    (CommitFailedError, its own retries do not rebase it); the lake commits it again."""
+    _publish(lake, _recs(1, "old", domain="books"))
+    _publish(lake, _recs(1, "old", domain="movies"))
+    read_snapshot = Lake.delta_table
+    raced = []
+
+    def snapshot_then_neighbour_commits(self, table, version=None):
+        snapshot = read_snapshot(self, table, version)
+        if not raced:
+            raced.append(True)
+            _publish(lake, _recs(2, "movies", domain="movies"))
+        return snapshot
+
+    monkeypatch.setattr(Lake, "delta_table", snapshot_then_neighbour_commits)
+    _publish(lake, _recs(3, "books", domain="books"))
+    served = lake.delta_dataset(RECOMMENDATIONS).to_table()
+    assert (
+        raced
+        and sorted(zip(served.column("domain").to_pylist(), served.column("item_id").to_pylist(), strict=True))
+        == [("books", "ibooks")] * 3 + [("movies", "imovies")] * 2
+    )
 
 
 def test_stage_run_records_success_and_failure_once_per_rerun(lake):

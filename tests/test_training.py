@@ -295,9 +295,11 @@ def publish(lake, ds, version, features):
             "model_version": [version, version],
             "segment": ["warm", "warm"],
             "because": [[], []],
+            "ds": [ds, ds],
+            "domain": [features.target, features.target],
         }
     )
-    lake.write_delta_partition(RECOMMENDATIONS, rows, ds=ds, domain=features.target)
+    lake.replace_delta_rows(RECOMMENDATIONS, rows, where={"ds": ds, "domain": features.target})
 
 
 def test_train_stage_saves_the_model_reports_and_warm_starts_from_the_published_one(lake_root, lake, tiny_features):
