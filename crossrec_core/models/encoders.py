@@ -48,7 +48,15 @@ from crossrec_core.batches import batch_key, padded_histories
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet
 from crossrec_core.models.base import Recommender
-from crossrec_core.models.mf import candidates, domain_weight, embedding_table, ranking_loss, shared_ranking_loss, table_weight
+from crossrec_core.models.mf import (
+    candidates,
+    domain_weight,
+    embedding_rows,
+    embedding_table,
+    ranking_loss,
+    shared_ranking_loss,
+    table_weight,
+)
 
 TEMPERATURE = 0.1
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the mean squared distance
@@ -159,7 +167,7 @@ class AlignedHistoryModel(Recommender):
         totals = weights.sum(1)[inverse]
         if exclude_items is not None:
             excluded = ((items[inverse] == exclude_items[:, None]) * weights[inverse]).sum(1)
-            sums = sums - excluded[:, None] * F.embedding(exclude_items, table)
+            sums = sums - excluded[:, None] * embedding_rows(exclude_items, table)
             totals = totals - excluded
         nonempty = totals > 1e-6
         pooled = torch.where(nonempty[:, None], sums / totals.clamp_min(1e-6)[:, None], torch.zeros_like(sums))
@@ -170,7 +178,7 @@ class AlignedHistoryModel(Recommender):
     ) -> torch.Tensor:
         if exclude_items is not None:
             weights = weights.masked_fill(items == exclude_items[:, None], 0.0)
-        vectors = F.embedding(items, table)  # [B, L, d]
+        vectors = embedding_rows(items, table)  # [B, L, d]
         totals = weights.sum(1, keepdim=True)
         mean = (weights[:, :, None] * vectors).sum(1) / totals.clamp_min(1e-6)
         assert self.attention is not None
@@ -203,7 +211,7 @@ class AlignedHistoryModel(Recommender):
             unit = unit_tables[domain]
             users, positives = batch[batch_key("users", domain)], batch[batch_key("positives", domain)]
             built[domain] = self.encode(domain, users, exclude_items=positives, unit_items=unit)
-            scored[domain] = F.embedding(candidates(batch, domain), unit)
+            scored[domain] = embedding_rows(candidates(batch, domain), unit)
             loss = loss + domain_weight(self, domain) * ranking_loss(
                 built[domain] / TEMPERATURE, scored[domain], batch[batch_key("weights", domain)]
             )

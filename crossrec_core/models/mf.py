@@ -12,7 +12,6 @@ randomly initialised row: noise, on purpose. It is the honest no-transfer baseli
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from crossrec_core.batches import batch_key
@@ -23,8 +22,21 @@ from crossrec_core.models.base import Recommender
 INIT_STD = 0.1
 
 
+def embedding_rows(keys: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``F.embedding(keys, table)`` through ``index_select``: its backward is a scatter-add,
+    faster on the CPU than embedding's dense backward; the values are the same."""
+    return table.index_select(0, keys.reshape(-1)).view(*keys.shape, table.shape[1])
+
+
+class Embedding(nn.Embedding):
+    """An ID table whose lookups go through :func:`embedding_rows`."""
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor:
+        return embedding_rows(keys, self.weight)
+
+
 def embedding_table(rows: int, dim: int) -> nn.Embedding:
-    table = nn.Embedding(rows, dim)
+    table = Embedding(rows, dim)
     nn.init.normal_(table.weight, std=INIT_STD)
     return table
 
@@ -42,7 +54,7 @@ def ranking_loss(user_vectors: torch.Tensor, candidate_vectors: torch.Tensor, we
 
     One softmax over all of a row's candidates rather than BPR's independent pairs.
     Shapes: users [B, d], candidates [B, N + 1, d], weights [B]; an empty batch gives 0."""
-    logits = (user_vectors[:, None, :] * candidate_vectors).sum(-1)  # 4x faster than einsum/bmm here
+    logits = torch.linalg.vecdot(user_vectors[:, None, :], candidate_vectors)  # faster than einsum or bmm here
     return _softmax_cross_entropy(logits, weights)
 
 
@@ -53,8 +65,8 @@ def shared_candidate_logits(
     (column 0) and the batch's shared negatives (one matrix product).
 
     Shapes: user_vectors [len(rows), d], item_table [n_items, d]."""
-    positives = F.embedding(batch[batch_key("positives", domain)][rows], item_table)
-    negatives = F.embedding(batch[batch_key("shared_negatives", domain)], item_table)
+    positives = embedding_rows(batch[batch_key("positives", domain)][rows], item_table)
+    negatives = embedding_rows(batch[batch_key("shared_negatives", domain)], item_table)
     return torch.cat([(user_vectors * positives).sum(-1, keepdim=True), user_vectors @ negatives.T], dim=1)
 
 
