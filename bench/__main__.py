@@ -26,6 +26,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "e2e": ([], ["--events", "5000", "--model", "popularity"]),
     "als": ([], ["--datasets", "amazon_cloth_sport", "--score-users", "500", "--score-items", "300"]),
     "reliability": ([], ["--seeds", "1", "--stages", "score"]),
+    # after etl: its ETL curve is etl's summary
+    "scaling": ([], ["--score-users", "500,1000", "--score-items", "300,600", "--train-users", "300,600"]),
 }
 
 

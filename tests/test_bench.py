@@ -23,7 +23,7 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
     page = tmp_path / "BENCHMARKS.md"
     env = {**os.environ, "CROSSREC_BENCH_DOCS": str(page), "SPARK_LOCAL_IP": "127.0.0.1"}
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--only", "etl,score_speed,eval_speed"],
+        [sys.executable, "-m", "bench", "--smoke", "--only", "etl,score_speed,eval_speed,scaling"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -42,6 +42,13 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
         summary = json.loads((tmp_path / "bench" / f"{name}.json").read_text())
         assert summary["benchmark"] == name and summary["results"]
         assert all(isinstance(goal["met"], bool) and goal["measured"] >= 0 for goal in summary["goals"])
+    scaling = (tmp_path / "SCALING.md").read_text()  # beside the page, its ETL curve from etl's summary
+    for curve in ("ETL, clean + featurize", "Scoring over users", "Scoring over items", "Training target_only", "Training dann"):
+        assert f"### {curve}" in scaling, curve
+    fits = json.loads((tmp_path / "bench" / "scaling.json").read_text())["results"]["fits"]
+    assert set(fits) == {"etl", "score_users", "score_items", "train_target_only", "train_dann"}
+    assert fits["etl"]["b"] is None  # one smoke size: no fit
+    assert all(fits[curve]["a"] > 0 and fits[curve]["b"] > 0 for curve in set(fits) - {"etl"})
     scoring_goals = json.loads((tmp_path / "bench" / "score_speed.json").read_text())["goals"]
     # scorer / (matmul + topk), whole job seconds, the hybrid's whole job seconds
     assert [g["target"] for g in scoring_goals] == [0.95, 60.0, 60.0] and "hybrid" in scoring_goals[2]["what"]
