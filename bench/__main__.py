@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         full, smoke = BENCHMARKS[name]
         # the section, its figures and its machine-readable summary, beside the page
         summary = DOCS.parent / "bench" / f"{name}.json"
+        if summary.is_relative_to(REPO):  # the command each section quotes, run from the repository
+            summary = summary.relative_to(REPO)
         command = [sys.executable, "-m", f"bench.{name}", *(smoke if args.smoke else full), "--write-docs", "--json", str(summary)]
         print(f"== {' '.join(command[1:])}", flush=True)
         if subprocess.call(command, cwd=REPO):

@@ -164,13 +164,16 @@ def measure_block(model, features: FeatureSet, k: int, block_size: int) -> dict:
     }
 
 
-def end_to_end(model, features: FeatureSet, k: int, block_size: int) -> dict:
+def end_to_end(model, features: FeatureSet, k: int, block_size: int, spark_master: str | None = None) -> dict:
+    """The whole job; with ``spark_master``, through the Spark backend on that master."""
+    backend = {"backend": "spark"} if spark_master else {}
     with tempfile.TemporaryDirectory(prefix="crossrec-score-bench-") as root:
         settings = load_settings(
             lake=root,
             domains={"source": "src", "target": "tgt"},
             model={"dim": model.settings.dim, "device": "cpu"},
-            score={"k": k, "block_size": block_size},
+            score={"k": k, "block_size": block_size, **backend},
+            **({"spark": {"master": spark_master}} if spark_master else {}),
         )
         lake = Lake(root)
         started = time.perf_counter()
@@ -217,7 +220,7 @@ def goals(blocks: list[dict], job: dict, hybrid_job: dict | None) -> list[Goal]:
     return measured
 
 
-def report(command: str, shape: dict, blocks: list[dict], job: dict, hybrid_job: dict | None, threads: int) -> str:
+def report(command: str, shape: dict, blocks: list[dict], job: dict, hybrid_job: dict | None, spark_job: dict | None, threads: int) -> str:
     best = max(blocks, key=lambda b: b["ratio"])
     ratio_goal, job_goal, *hybrid_goal = goals(blocks, job, hybrid_job)
     load = os.getloadavg()
@@ -260,6 +263,13 @@ def report(command: str, shape: dict, blocks: list[dict], job: dict, hybrid_job:
             f"goal <= {GOAL_SECONDS:.0f} s: {hybrid_goal[0].verdict}.",
             "",
         ]
+    if spark_job:
+        lines += [
+            f"The Spark backend (the same block function in `mapInArrow` tasks) on `{spark_job['master']}`, block size "
+            f"{spark_job['block_size']:,}: whole job {spark_job['seconds']:.1f} s ({spark_job['score_seconds']:.1f} s scoring and "
+            f"Parquet, session start included; {spark_job['publish_seconds']:.1f} s commit), {spark_job['users_per_second']:,.0f} users/s.",
+            "",
+        ]
     lines += [
         '"matmul + topk alone": the matmul reference with each block\'s torch.topk(K + 1) added and nothing else, '
         "the ceiling of any scorer that keeps torch.topk's exact selection.",
@@ -279,6 +289,9 @@ def main(
     block_sizes: Annotated[str, typer.Option(help="comma-separated block sizes to try")] = "256,1024,4096",
     threads: Annotated[int, typer.Option(help="torch threads")] = 2,
     source_history: Annotated[int, typer.Option(help="source items per user of the hybrid's whole-job run; 0: no hybrid run")] = 10,
+    spark_master: Annotated[
+        str | None, typer.Option(help="also run the whole job through the Spark backend on this master (spark://HOST:PORT)")
+    ] = None,
     write_docs: Annotated[bool, typer.Option(help="write the results into docs/BENCHMARKS.md")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="write a machine-readable summary (goals, verdicts) here")] = None,
 ) -> None:
@@ -305,12 +318,16 @@ def main(
         hybrid = build_model("hybrid", with_source, load_settings(model={"dim": dim, "device": "cpu"}).model).eval()
         hybrid_job = {"block_size": best, **end_to_end(hybrid, with_source, k, best)}
         print(f"whole job of the hybrid (block {best}): {hybrid_job['seconds']:.1f} s", flush=True)
+    spark_job = None
+    if spark_master:
+        spark_job = {"block_size": best, "master": spark_master, **end_to_end(model, features, k, best, spark_master)}
+        print(f"whole job through the Spark backend on {spark_master}: {spark_job['seconds']:.1f} s", flush=True)
     command = "python -m bench.score_speed " + " ".join(sys.argv[1:])
     shape = {"users": users, "items": items, "dim": dim, "k": k, "history": history, "source_history": source_history}
-    text = report(command.strip(), shape, blocks, job, hybrid_job, threads)
+    text = report(command.strip(), shape, blocks, job, hybrid_job, spark_job, threads)
     print(text)
     if json_path:
-        results = {"blocks": blocks, "job": job, "hybrid_job": hybrid_job}
+        results = {"blocks": blocks, "job": job, "hybrid_job": hybrid_job, "spark_job": spark_job}
         write_summary(json_path, "score_speed", command.strip(), goals(blocks, job, hybrid_job), results)
     if write_docs:
         write_section(SECTION, text)

@@ -28,7 +28,7 @@ import typer
 from bench.common import REPO, Goal, figure, link_figure, write_section, write_summary
 
 SECTION = "## Training throughput"
-MODELS = ("target_only", "joint_mf", "emcdr", "dann", "mmd")
+MODELS = ("target_only", "joint_mf", "emcdr", "dann", "mmd", "hybrid")
 GOALS = {"target_only": 300_000, "dann": 100_000}
 
 app = typer.Typer(add_completion=False)

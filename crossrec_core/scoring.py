@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0  # a long run logs its progress this often
 ROW_GROUP_ROWS = 128 * 1024  # Parquet row group size of the scores (rows)
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+LOCAL_RELATION_CONF = "spark.sql.execution.arrow.localRelationThreshold"
+PARTITION_BLOCKS = 8  # score blocks per Spark task at most
 EXPLANATION_ITEMS = 3  # source items named per recommendation (``because``)
 
 
@@ -278,13 +280,17 @@ def _score_with_spark(settings: Settings, scorer: RunScorer, users: pa.Table, ou
         for batch in batches:
             yield partition_scorer.score(batch)
 
-    # createDataFrame(arrow) makes one partition per Arrow batch of maxRecordsPerBatch rows:
-    # one partition (and output file) per core; mapInArrow then hands each task its users
-    # in batches of block_size (that conf is read when the write plans the job).
+    # createDataFrame(arrow) makes one partition per Arrow batch of maxRecordsPerBatch rows
+    # (below localRelationThreshold bytes it would make one local relation split by cores
+    # instead: turned off, so the same rule holds at every size), and each task carries its
+    # partition's users: one partition per core, but at most PARTITION_BLOCKS blocks, so that
+    # a task stays small on an executor's heap however many users there are. mapInArrow then
+    # hands each task its users in batches of block_size (read when the write plans the job).
     block_size = settings.score.block_size
-    per_partition = max(block_size, math.ceil(users.num_rows / spark.sparkContext.defaultParallelism))
+    per_core = math.ceil(users.num_rows / spark.sparkContext.defaultParallelism)
+    per_partition = min(max(block_size, per_core), PARTITION_BLOCKS * block_size)
     try:
-        with _spark_conf(spark, ARROW_BATCH_CONF, str(per_partition)):
+        with _spark_conf(spark, ARROW_BATCH_CONF, str(per_partition)), _spark_conf(spark, LOCAL_RELATION_CONF, "0"):
             frame = spark.createDataFrame(users)
         with _spark_conf(spark, ARROW_BATCH_CONF, str(block_size)):
             frame.mapInArrow(score_partition, SCORES.spark_schema()).write.mode("overwrite").parquet(str(out_dir))

@@ -3,6 +3,8 @@ score stage, and the Spark scale-out path giving the same rows as the local one.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -246,6 +248,17 @@ def test_spark_backend_gives_the_rows_of_the_local_backend(spark, lake_root, lak
     assert set(pc.unique(got["segment"]).to_pylist()) == {"warm", "cold_start", "fallback"}
     for path in lake.partition_path(SCORES, ds="2026-01-06", domain="tgt").glob("*.parquet"):
         assert pq.read_schema(path).remove_metadata() == SCORES.arrow_schema()  # what publish's commit requires
+
+
+def test_spark_backend_tasks_hold_at_most_a_few_blocks_of_users(spark, lake_root, lake, tiny_features):
+    """One task per core would hand each task a core's share of all users (an executor
+    ran out of heap at 1,000,000 users); a task holds PARTITION_BLOCKS blocks at most."""
+    settings = score_settings(lake_root, block_size=1, backend="spark")
+    model = integer_model("target_only", tiny_features, settings)
+    result = scoring.score_to_partition(lake, "2026-01-07", tiny_features, model, fake_model_version(DS), settings)
+    assert result.users > 2 * scoring.PARTITION_BLOCKS  # more than one core's share would allow
+    assert result.files == math.ceil(result.users / scoring.PARTITION_BLOCKS)
+    assert lake.read_parquet_partition(SCORES, ds="2026-01-07", domain="tgt").num_rows == result.users * 5
 
 
 def test_item_to_item_models_serve_because_items_readable_by_every_reader(lake_root, lake, tiny_features):
