@@ -37,6 +37,14 @@ def tensor_entry_rows(lengths: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
 
 
+def tensor_row_entries(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(which selected row, position in the CSR arrays) of every stored entry of some rows
+    of a CSR matrix, the rows given by their ``starts`` (``indptr[rows]``) and ``lengths``."""
+    rows = tensor_entry_rows(lengths)
+    first_of_row = torch.cumsum(lengths, 0) - lengths
+    return rows, starts[rows] + torch.arange(rows.numel(), device=rows.device) - first_of_row[rows]
+
+
 def csr_coordinates(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, column, value) arrays of a CSR matrix, rows expanded from ``indptr``."""
     rows = entry_rows(np.diff(matrix.indptr))
@@ -88,11 +96,8 @@ class NegativeSampler:
         negatives = torch.randperm(self.n_items, generator=generator, device=device)[:n]
         drawn_column = torch.full((self.n_items,), -1, dtype=torch.long, device=device)
         drawn_column[negatives] = torch.arange(n, device=device)
-        starts = self.row_starts[users]
-        lengths = self.n_items - self.n_negatives[users]
-        rows = tensor_entry_rows(lengths)
-        first_of_row = torch.cumsum(lengths, 0) - lengths
-        positives = self.items[starts[rows] + torch.arange(rows.numel(), device=device) - first_of_row[rows]]
+        rows, entries = tensor_row_entries(self.row_starts[users], self.n_items - self.n_negatives[users])
+        positives = self.items[entries]
         columns = drawn_column[positives]
         hit = columns >= 0
         excluded = torch.zeros((len(users), n), dtype=torch.bool, device=device)

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from crossrec_core.batches import batch_key, tensor_entry_rows
+from crossrec_core.batches import batch_key, tensor_row_entries
 from crossrec_core.config import ModelSettings
 from crossrec_core.data import FeatureSet, entry_rows
 from crossrec_core.models.base import Memo, add_sparse_, dot_scores
@@ -119,10 +119,7 @@ class Hybrid(DANN):
         owner = torch.nonzero(present)[:, 0]
         sources = items[present]
         starts = self.memory_indptr[sources]
-        lengths = self.memory_indptr[sources + 1] - starts
-        first = torch.cumsum(lengths, 0) - lengths
-        rows = tensor_entry_rows(lengths)
-        entries = starts[rows] + torch.arange(rows.numel(), device=sources.device) - first[rows]
+        rows, entries = tensor_row_entries(starts, self.memory_indptr[sources + 1] - starts)
         return owner[rows], self.memory_indices[entries], entries
 
     def score(self, domain: str, user_keys: torch.Tensor, item_vectors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
