@@ -212,3 +212,58 @@ def test_the_hybrid_serves_transfer_plus_memory_plus_bias_and_follows_its_weight
         other.memory_values.normal_()
         model.load_state_dict(other.state_dict())
         torch.testing.assert_close(served(), expected())
+
+
+@pytest.mark.parametrize("dense_block", [False, True], ids=["scatter", "dense-block"])
+def test_the_hybrids_training_logits_are_the_memory_sums_with_the_user_left_out(tiny_features, monkeypatch, dense_block):
+    """The memory logits that training ranks (positive first, then the shared negatives)
+    are the sums of M over each row's source history, minus, in the positive's column, the
+    row's own share of every count it is part of; the L2 penalty counts a correction once
+    per row that reaches it. Both ways of computing the product give them, with the same
+    gradients."""
+    from crossrec_core.models import hybrid
+
+    monkeypatch.setattr(hybrid, "prefer_dense_block", lambda products, cells: dense_block)
+    torch.manual_seed(0)
+    model = build_model("hybrid", tiny_features, model_settings(memory_l2=0.5))
+    with torch.no_grad():
+        model.memory_values.normal_()
+    source, target = tiny_features.source, tiny_features.target
+    keys = torch.from_numpy(tiny_features.users_with_history(source)).repeat(2)
+    n_target = tiny_features.n_items(target)
+    positives = torch.randint(n_target, (len(keys),), generator=torch.Generator().manual_seed(1))
+    negatives = torch.randperm(n_target, generator=torch.Generator().manual_seed(2))[: n_target // 2]
+
+    logits, penalty = model._memory_logits(keys, positives, negatives)
+    (logits.sum() + penalty).backward()
+
+    weights = model.memory_weights().detach()
+    rows = torch.repeat_interleave(torch.arange(len(model.memory_indptr) - 1), torch.diff(model.memory_indptr))
+    memory = torch.zeros(len(model.memory_indptr) - 1, n_target).index_put((rows, model.memory_indices), weights)
+    stored = torch.zeros(memory.shape, dtype=torch.bool).index_put((rows, model.memory_indices), torch.tensor(True))
+    corrections = torch.zeros(memory.shape).index_put((rows, model.memory_indices), model.memory_values.detach())
+    history = getattr(model, f"history_{source}")
+    present = getattr(model, f"history_weights_{source}") > 0
+    scale = model.memory_log_scale.exp().detach()
+    expected_penalty = torch.zeros(())
+    for row, (key, positive) in enumerate(zip(keys.tolist(), positives.tolist(), strict=True)):
+        items = history[key][present[key]]
+        sums = memory[items].sum(0)
+        own = stored[items, positive].sum() * scale * model.memory_user_share[positive]
+        torch.testing.assert_close(logits[row, 0].detach(), sums[positive] - own)
+        torch.testing.assert_close(logits[row, 1:].detach(), sums[negatives])
+        expected_penalty += 0.5 * corrections[items].square().sum() / len(keys)
+    torch.testing.assert_close(penalty.detach(), expected_penalty)
+    # d(logits.sum() + penalty) / d correction[i, j]: one per (row with i in its history,
+    # logit column of item j), plus 2 * 0.5 * correction * (rows with i) / rows.
+    reach = torch.zeros(memory.shape)
+    rows_with = torch.zeros(len(memory))
+    for key, positive in zip(keys.tolist(), positives.tolist(), strict=True):
+        items = history[key][present[key]]
+        columns = torch.cat([torch.tensor([positive]), negatives])
+        reach.index_put_(
+            (items[:, None].expand(-1, len(columns)), columns[None, :].expand(len(items), -1)), torch.tensor(1.0), accumulate=True
+        )
+        rows_with[items] += 1
+    expected_grad = reach + corrections * rows_with[:, None] / len(keys)
+    torch.testing.assert_close(model.memory_values.grad, expected_grad[rows, model.memory_indices])

@@ -17,7 +17,11 @@ ablations)::
   domains (at most ``linear_keep`` per source item, the strongest): a learned scale (the
   memory path's temperature) times ``item_knn_cross``'s statistics (co-occurrence / popularity ** alpha) plus learned
   per-pair corrections, L2-regularised towards 0 (``memory_l2``), so M starts as the
-  count and departs from it where training supports it. In training a user's own
+  count and departs from it where training supports it. The scale starts at 1 / T,
+  lowered where the count's scores run large: they grow with the data's density (summed
+  over 50 items of dense histories they reach hundreds and saturate the softmax), so the
+  scale starts at most at ``MEMORY_LEAD`` / (T x the mean best count score of the users
+  active in both domains). Either way the count leads the transfer path at the start. In training a user's own
   co-occurrences are left out of the counts (a cold-start user is never in them). A single dense user vector cannot hold the sparse item-to-item
   co-purchase signal; this path memorises it, the transfer path ranks what it misses.
 
@@ -48,10 +52,11 @@ from crossrec_core.models.item_knn import PairWeights, csr_tensor, multi_hot, pa
 from crossrec_core.models.mf import shared_candidate_logits, shared_softmax_loss
 
 
-def memory_support(features: FeatureSet, alpha: float, keep: int) -> tuple[sp.csr_matrix, np.ndarray]:
+def memory_support(features: FeatureSet, alpha: float, keep: int) -> tuple[sp.csr_matrix, np.ndarray, float]:
     """(item_knn_cross's weights C[i, j] / pop(j) ** alpha [n_source, n_target] with the
     ``keep`` largest of each source row kept (sorted CSR), 1 / pop(j) ** alpha: what one
-    user adds to every weight of a column)."""
+    user adds to every weight of a column, the mean over users active in both domains of
+    their largest summed weight: how large the count's scores run on this data)."""
     source, target = multi_hot(features.train[features.source]), multi_hot(features.train[features.target])
     cooccurrence = (source.T @ target).tocsr()
     popularity = np.asarray(target.sum(axis=0)).ravel()
@@ -66,7 +71,18 @@ def memory_support(features: FeatureSet, alpha: float, keep: int) -> tuple[sp.cs
         kept = order[rank < keep]
         weights = sp.csr_matrix((weights.data[kept], (rows[kept], weights.indices[kept])), shape=weights.shape)
     weights.sort_indices()
-    return weights, scale.astype(np.float32)
+    both = np.flatnonzero((np.diff(source.indptr) > 0) & (np.diff(target.indptr) > 0))
+    top_scores = (source[both] @ weights).max(axis=1).toarray() if len(both) else np.zeros(1)
+    return weights, scale.astype(np.float32), float(top_scores.mean())
+
+
+def prefer_dense_block(products: int, cells: int) -> bool:
+    """Multiply through a dense block of ``cells`` numbers rather than scatter ``products``
+    one by one: whichever handles fewer numbers."""
+    return products > cells
+
+
+MEMORY_LEAD = 8.0  # on dense data a typical best memory score starts at this many times a perfect transfer match
 
 
 class Hybrid(DANN):
@@ -80,16 +96,17 @@ class Hybrid(DANN):
 
     def __init__(self, features: FeatureSet, settings: ModelSettings):
         super().__init__(features, settings)
-        support, user_share = memory_support(features, settings.knn_popularity_exponent, settings.linear_keep)
+        support, user_share, top_score = memory_support(features, settings.knn_popularity_exponent, settings.linear_keep)
         self.register_buffer("memory_indptr", torch.from_numpy(support.indptr.astype(np.int64)))
         self.register_buffer("memory_indices", torch.from_numpy(support.indices.astype(np.int64)))
         self.register_buffer("memory_counts", torch.from_numpy(support.data.astype(np.float32)))  # item_knn_cross's weights
         self.register_buffer("memory_user_share", torch.from_numpy(user_share))
         self.memory_values = nn.Parameter(torch.zeros(support.nnz))  # learned corrections, L2 towards 0
-        self.memory_log_scale = nn.Parameter(torch.tensor(math.log(1.0 / TEMPERATURE)))
+        self.memory_log_scale = nn.Parameter(torch.tensor(math.log(min(1.0, MEMORY_LEAD / max(top_score, 1e-6)) / TEMPERATURE)))
         self.item_bias = nn.Parameter(torch.zeros(features.n_items(self.target)))
         self.paths = frozenset(settings.hybrid_paths)
         self._serving_memory: Memo[tuple[torch.Tensor, PairWeights]] = Memo()
+        self._support_pairs: Memo[PairWeights] = Memo()
 
     def memory_weights(self) -> torch.Tensor:
         """M = scale * item_knn_cross's weights + learned corrections, per stored pair."""
@@ -111,16 +128,6 @@ class Hybrid(DANN):
         items = getattr(self, f"history_{self.source}")[user_keys]
         present = (getattr(self, f"history_weights_{self.source}")[user_keys] > 0) & (items < len(self.memory_indptr) - 1)
         return torch.where(present, items, 0), present
-
-    def _memory_entries(self, user_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(row in the block, target item, position in memory_values) of every memory
-        weight that a block of users' source histories reach."""
-        items, present = self._memory_history(user_keys)
-        owner = torch.nonzero(present)[:, 0]
-        sources = items[present]
-        starts = self.memory_indptr[sources]
-        rows, entries = tensor_row_entries(starts, self.memory_indptr[sources + 1] - starts)
-        return owner[rows], self.memory_indices[entries], entries
 
     def score(self, domain: str, user_keys: torch.Tensor, item_vectors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         if domain != self.target:
@@ -164,22 +171,62 @@ class Hybrid(DANN):
         logits = logits + torch.cat([self.item_bias[positives, None], self.item_bias[negatives][None, :].expand(len(keys), -1)], dim=1)
         penalty = logits.new_zeros(())
         if "memory" in self.paths:
-            owner, target, entries = self._memory_entries(keys)
-            corrections = self.memory_values[entries]
-            scale = self.memory_log_scale.exp()
-            own = target == positives[owner]
-            # Leave the user out: their own co-occurrence is in every count of their
-            # positive's column, which a cold-start user's never is.
-            counts = self.memory_counts[entries] - own * self.memory_user_share[target]
-            values = scale * counts + corrections
-            column = torch.full((len(self.item_bias),), -1, dtype=torch.long, device=keys.device)
-            column[negatives] = torch.arange(1, 1 + len(negatives), device=keys.device)
-            slot = torch.where(own, 0, column[target])
-            hit = slot >= 0
-            memory = logits.new_zeros(logits.shape).index_put((owner[hit], slot[hit]), values[hit], accumulate=True)
+            memory, penalty = self._memory_logits(keys, positives, negatives)
             logits = logits + memory
-            penalty = self.settings.memory_l2 * corrections.square().sum() / max(len(keys), 1)
         return shared_softmax_loss(logits, batch, self.target, overlap) + penalty
+
+    def _memory_logits(self, keys: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(memory logits [rows, 1 + n] of each row's positive and the shared negatives, the
+        L2 penalty of the corrections the rows reach), with gradients to M.
+
+        Scores = the rows' source multi-hot H @ M restricted to the candidate columns C,
+        one of two ways (:func:`prefer_dense_block`): scatter every product of an H entry
+        with a weight of its source item's row in C (sparse histories), or gather
+        M[reached items, C] into a dense block and multiply (dense histories, where a row
+        reaches most of the catalogue through its many items)."""
+        items, present = self._memory_history(keys)
+        rows, history = torch.nonzero(present)[:, 0], items[present]
+        columns, column_of_candidate = torch.unique(torch.cat([positives, negatives]), return_inverse=True)
+        column = torch.full((len(self.item_bias),), -1, dtype=torch.long, device=keys.device)
+        column[columns] = torch.arange(len(columns), device=keys.device)
+        reached, reached_of_history, reach = torch.unique(history, return_inverse=True, return_counts=True)
+        starts = self.memory_indptr[reached]
+        owner, entries = tensor_row_entries(starts, self.memory_indptr[reached + 1] - starts)
+        corrections = self.memory_values[entries]
+        # Each row that reaches a correction pays its L2 once.
+        penalty = self.settings.memory_l2 * (reach[owner] * corrections.square()).sum() / max(len(keys), 1)
+        entry_column = column[self.memory_indices[entries]]
+        in_block = entry_column >= 0
+        owner, entry_column = owner[in_block], entry_column[in_block]
+        scale = self.memory_log_scale.exp()
+        values = scale * self.memory_counts[entries[in_block]] + corrections[in_block]
+        lengths = torch.bincount(owner, minlength=len(reached))
+        if not prefer_dense_block(int(lengths[reached_of_history].sum()), len(reached) * len(columns)):
+            history_entry, position = tensor_row_entries(
+                (torch.cumsum(lengths, 0) - lengths)[reached_of_history], lengths[reached_of_history]
+            )
+            scores = values.new_zeros(len(keys), len(columns)).index_put(
+                (rows[history_entry], entry_column[position]), values[position], accumulate=True
+            )
+        else:
+            block = values.new_zeros(len(reached), len(columns)).index_put((owner, entry_column), values)
+            multi_hot = torch.sparse_coo_tensor(
+                torch.stack([rows, reached_of_history]), values.new_ones(len(rows)), (len(keys), len(reached)), check_invariants=False
+            )
+            scores = torch.sparse.mm(multi_hot, block)
+        # Leave the user out: their own co-occurrence is in every count of their
+        # positive's column (once per history item paired with it), which a cold-start
+        # user's never is.
+        own_pairs = torch.zeros(len(keys), device=keys.device).index_add_(0, rows, (self._support()(history, positives[rows]) > 0).float())
+        positive = (
+            scores.gather(1, column_of_candidate[: len(keys), None]).squeeze(1) - scale * self.memory_user_share[positives] * own_pairs
+        )
+        return torch.cat([positive[:, None], scores[:, column_of_candidate[len(keys) :]]], dim=1), penalty
+
+    def _support(self) -> PairWeights:
+        """Lookup of the stored pairs' counts (0: not in the support)."""
+        tensors = (self.memory_indptr, self.memory_indices, self.memory_counts)
+        return self._support_pairs.get(tensors, lambda: pair_weights(*tensors, len(self.item_bias)))
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "transfer" in self.paths:
