@@ -21,6 +21,7 @@ from typing import Any
 from crossrec_core.config import Settings
 from crossrec_core.contracts import VALIDATION_METRIC, VALIDATION_SEGMENT, StageStatus
 from crossrec_core.lake import Lake, LakeError, MissingPartitionError, write_atomically
+from crossrec_core.model_store import candidate_version, model_dir, read_card
 from crossrec_core.reports import StageReport, stage_run
 from crossrec_core.serving import latest_served
 
@@ -32,8 +33,6 @@ GATE_FILE = "gate.json"
 def gate_path(lake: Lake, ds: str) -> Path:
     """Where the evaluate stage keeps its verdict on the candidate model of ``ds``: inside
     that model's directory, so a newly trained model is never published on an old verdict."""
-    from crossrec_core.model_store import candidate_version, model_dir  # torch: not for the DAG file's imports
-
     return model_dir(lake, candidate_version(lake, ds)) / GATE_FILE
 
 
@@ -69,8 +68,6 @@ def held_back(lake: Lake, ds: str, report: StageReport) -> bool:
 def latest_published(lake: Lake, domain: str, before_ds: str | None = None) -> dict[str, Any] | None:
     """The model card of the model serving ``domain`` now (in the newest recommendations
     partition, before ``before_ds`` when given), or None when nothing is served."""
-    from crossrec_core.model_store import read_card
-
     served = latest_served(lake, domain, before_ds=before_ds)
     return read_card(lake, served["model_version"]) if served else None
 
@@ -99,8 +96,6 @@ def decide(new_ndcg: float | None, published_ndcg: float | None, tolerance: floa
 
 def evaluate_stage(settings: Settings, ds: str) -> StageReport:
     """Decide whether tonight's model may replace the served one; write ``gate.json``."""
-    from crossrec_core.model_store import candidate_version, read_card
-
     lake = Lake(settings.lake)
     with stage_run(lake, "evaluate", ds) as report:
         card = read_card(lake, candidate_version(lake, ds))

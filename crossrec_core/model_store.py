@@ -29,15 +29,17 @@ import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from crossrec_core.config import ModelSettings
 from crossrec_core.contracts import MODELS_ROOT, Column, ColumnType, Table, TableFormat
-from crossrec_core.data import FeatureSet
 from crossrec_core.lake import Lake, LakeError, MissingPartitionError, write_atomically
-from crossrec_core.models.base import Recommender, build_model
+
+if TYPE_CHECKING:  # torch only where weights are read or written: evaluate and publish read cards alone
+    import torch
+
+    from crossrec_core.data import FeatureSet
+    from crossrec_core.models.base import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class ModelFileError(LakeError):
 
 def model_id(model: Recommender) -> str:
     """12 hex digits identifying the model's name, settings and weights."""
+    import torch
+
     digest = hashlib.blake2b(digest_size=6)
     digest.update(json.dumps([model.name, model.settings.model_dump(mode="json")], sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
@@ -150,6 +154,8 @@ def save_model(lake: Lake, ds: str, model: Recommender, card: dict[str, Any]) ->
         "code_version": code_version(),
         "created_at": datetime.now(UTC).isoformat(),
     }
+    import torch
+
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     with lake.replace_partition(MODEL_FILES, ds=ds, model=identity) as staged:
         torch.save(state, staged / MODEL_FILE)
@@ -163,6 +169,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state_dict with ``weights_only=True``; a bad file raises ModelFileError."""
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
@@ -184,6 +192,8 @@ def read_card(lake: Lake, version: str) -> dict[str, Any]:
 
 def load_model(lake: Lake, version: str, features: FeatureSet) -> tuple[Recommender, dict[str, Any]]:
     """Rebuild the model of ``version`` for ``features`` (histories included)."""
+    from crossrec_core.models.base import build_model
+
     card = read_card(lake, version)
     path = model_dir(lake, version) / MODEL_FILE
     try:

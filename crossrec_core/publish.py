@@ -24,6 +24,7 @@ from crossrec_core.config import Settings
 from crossrec_core.contracts import RECOMMENDATIONS, SCORES
 from crossrec_core.gate import held_back
 from crossrec_core.lake import STAGING_DIR, Lake, LakeError
+from crossrec_core.model_store import candidate_version
 from crossrec_core.reports import StageReport, stage_run
 from crossrec_core.serving import latest_served
 
@@ -81,8 +82,6 @@ def publish_stage(settings: Settings, ds: str) -> StageReport:
         if held_back(lake, ds, report):
             report.metrics["still_served"] = latest_served(lake, domain)
             return report
-        from crossrec_core.model_store import candidate_version  # torch: only for a night that publishes
-
         version = candidate_version(lake, ds)
         scored_by = _scored_by(lake, ds, domain)
         if scored_by - {version}:

@@ -25,6 +25,7 @@ import pyarrow.dataset as pads
 from crossrec_core.contracts import ALERTS, RECOMMENDATIONS, RUN_REPORTS, SCORES, Segment, Table
 from crossrec_core.errors import InputError
 from crossrec_core.lake import Lake, LakeError, MissingPartitionError
+from crossrec_core.model_store import MODEL_FILES, MODEL_NIGHTS, model_version, read_card
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ SERVED_COLUMNS = ["rank", "item_id", "score", "model_version", "segment", "becau
 
 def model_card_for(lake: Lake, model_version: str) -> dict[str, Any]:
     """The model card (``<lake>/<model_version>/model_card.json``) a recommendation row links to."""
-    from crossrec_core.model_store import read_card
-
     return read_card(lake, model_version)
 
 
@@ -306,8 +305,6 @@ def vacuum_lake(lake: Lake, keep_days: int, dry_run: bool = False) -> VacuumResu
     referenced for longer than ``keep_days`` (time travel keeps working within the kept
     window). scores/ and models/ partitions older than the cutoff are removed, except
     the models the remaining recommendations link to (the served model is never lost)."""
-    from crossrec_core.model_store import MODEL_FILES, MODEL_NIGHTS, model_version
-
     if keep_days < 0:
         raise InputError(f"keep_days must be >= 0, got {keep_days}")
     result = VacuumResult(dry_run=dry_run)

@@ -39,6 +39,17 @@ def test_importing_the_dag_file_loads_no_heavy_library():
     assert result.stdout.strip().splitlines()[-1:] in ([], [""])
 
 
+def test_the_stages_that_read_model_cards_only_do_not_load_torch():
+    """evaluate, the gate task and publish read a model's card and version, never its
+    weights: each is a process of its own every night and must not pay torch's import."""
+    from crossrec_core.stages import declared
+
+    modules = [declared(stage).function.split(":")[0] for stage in ("evaluate", "publish")]
+    code = f"import sys, crossrec_core.jobs, crossrec_core.gate, {', '.join(modules)}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, env=os.environ, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_tasks_are_the_stages_wired_like_the_pipeline_diagram(dag):
     downstream = {task.task_id: sorted(task.downstream_task_ids) for task in dag.tasks}
     assert downstream == {
