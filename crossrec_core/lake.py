@@ -4,7 +4,8 @@ Rules kept here so that no stage has to remember them (DESIGN.md, STACK.md):
 
 * A partition is replaced atomically: it is written aside under ``<lake>/_staging`` and
   swapped into place with one ``renameat2(RENAME_EXCHANGE)`` (Linux), so a crash at any
-  instant leaves the previous partition or the new one, never a mix.
+  instant leaves the previous partition or the new one, never a mix. Writers of one
+  partition take turns (``staging_area``), and each removes what a killed one left aside.
 * Delta tables get Parquet files (written by Spark, torch or pyarrow) moved under the
   table with plain names, then ONE delta-rs commit that replaces the partition.
 * Delta reads go through the snapshot's file list with an explicit filesystem; the
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -75,6 +78,8 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 
 STAGING_DIR = "_staging"
+LOCKS_DIR = "_locks"
+_STAGED_SUFFIX = re.compile(r"__[0-9a-f]{32}")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -238,16 +243,35 @@ class Lake:
         live = self.partition_path(table, **values)
         if table.subdir:
             live = live.parent
-        _recover(live)
-        staging_root = self.root / STAGING_DIR
-        staging_root.mkdir(parents=True, exist_ok=True)
-        staged = staging_root / f"{live.relative_to(self.root).as_posix().replace('/', '__')}__{uuid.uuid4().hex}"
-        staged.mkdir()
-        try:
+        with self.staging_area(live.relative_to(self.root).as_posix().replace("/", "__")) as staged:
+            _recover(live)
             yield staged
             _swap_into_place(staged, live)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+
+    @contextmanager
+    def staging_area(self, name: str) -> Iterator[Path]:
+        """A fresh directory under ``<lake>/_staging`` for the work named ``name`` (one
+        partition's replacement, one publish), removed afterwards.
+
+        Work of one name takes turns: an exclusive ``flock`` on ``<lake>/_locks/NAME.lock``,
+        which the kernel releases when its holder dies, kill -9 included. So whatever a
+        dead holder left aside is an orphan, and the next holder removes it first:
+        half-written copies do not pile up under ``_staging``."""
+        staging_root, locks = self.root / STAGING_DIR, self.root / LOCKS_DIR
+        staging_root.mkdir(parents=True, exist_ok=True)
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for orphan in staging_root.iterdir():
+                if orphan.name.startswith(name) and _STAGED_SUFFIX.fullmatch(orphan.name[len(name) :]):
+                    log.warning("removing %s: left aside by a writer that died", orphan)
+                    shutil.rmtree(orphan, ignore_errors=True)
+            staged = staging_root / f"{name}__{uuid.uuid4().hex}"
+            staged.mkdir()
+            try:
+                yield staged
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
 
     def write_parquet_partition(self, table: Table, data: pa.Table, **values: str) -> WriteResult:
         """Validate ``data`` against the contract and atomically replace one partition."""

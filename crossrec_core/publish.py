@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 from crossrec_core.config import Settings
 from crossrec_core.contracts import RECOMMENDATIONS, SCORES
 from crossrec_core.gate import held_back
-from crossrec_core.lake import STAGING_DIR, Lake, LakeError
+from crossrec_core.lake import Lake, LakeError
 from crossrec_core.model_store import candidate_version
 from crossrec_core.reports import StageReport, stage_run
 from crossrec_core.serving import latest_served
@@ -61,16 +60,12 @@ def publish_scores(lake: Lake, ds: str, domain: str, metrics: dict[str, Any] | N
     ``commit_delta_partition`` moves the files it commits, so copies go in (staged under
     ``<lake>/_staging``): the scores stay, and a re-run of publish finds them again."""
     files = scores_files(lake, ds, domain)
-    staging = lake.root / STAGING_DIR / f"publish__{ds}__{domain}__{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
-    try:
+    with lake.staging_area(f"publish__{ds}__{domain}") as staging:
         # fresh modification times: a full vacuum must not take them for old orphans before the commit
         copies = [Path(shutil.copy(f, staging / f.name)) for f in files]
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in copies)
         size = sum(f.stat().st_size for f in copies)
         version = lake.commit_delta_partition(RECOMMENDATIONS, copies, metrics=metrics, ds=ds, domain=domain)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return Published(table_version=version, rows=rows, bytes=size, files=len(files))
 
 

@@ -6,6 +6,8 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import uuid
 
 import pyarrow as pa
@@ -112,6 +114,36 @@ def test_kill_during_swap_loop_never_leaves_a_mix(lake):
         proc.join()
         rows = lake.read_parquet_partition(USER_KEYS, ds="2026-01-01").num_rows
         assert rows in (1000, 1001)
+
+
+def _write_aside_and_wait(root: str, written) -> None:
+    lake = Lake(root)
+    with lake.replace_partition(USER_KEYS, ds="2026-01-01") as staged:
+        (staged / "half.parquet").write_bytes(b"PAR1 partial")
+        written.set()
+        time.sleep(600)  # killed here
+
+
+def test_a_killed_writers_leftovers_are_removed_by_the_next_writer_who_waited_its_turn(lake):
+    """A writer killed -9 mid-write leaves its copy under _staging (nothing runs after
+    SIGKILL). The next writer of the same partition waits while the first one lives, then
+    removes that orphan before writing: a rerun leaves nothing aside."""
+    lake.write_parquet_partition(USER_KEYS, _keys(3), ds="2026-01-01")
+    ctx = multiprocessing.get_context("spawn")
+    written = ctx.Event()
+    proc = ctx.Process(target=_write_aside_and_wait, args=(str(lake.root), written))
+    proc.start()
+    assert written.wait(60)
+    rerun = threading.Thread(target=lake.write_parquet_partition, args=(USER_KEYS, _keys(5)), kwargs={"ds": "2026-01-01"})
+    rerun.start()
+    rerun.join(1.0)
+    assert rerun.is_alive()  # waits for its turn while the first writer lives
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    rerun.join(60)
+    assert not rerun.is_alive()
+    assert lake.read_parquet_partition(USER_KEYS, ds="2026-01-01").num_rows == 5
+    assert not any((lake.root / "_staging").iterdir())
 
 
 def _recs(n: int, tag: str, ds: str = "2026-01-01", domain: str = "books") -> pa.Table:
