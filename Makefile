@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch is pinned exactly (constraints.txt): a looser spec downloads a multi-GB CUDA build
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	# Spark tasks' JVMs start from this install's class archive (crossrec_core/class_archive.py)
+	$(BIN)/crossrec spark-archive
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -38,7 +38,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from crossrec_core.config import DOMAIN_NAME_PATTERN, MODEL_NAMES, Settings, TimedTask
 from crossrec_core.errors import EXPECTED_FAILURE_EXIT
-from crossrec_core.spark import DRIVER_JAVA_OPTIONS
+from crossrec_core.spark import driver_java_options
 from crossrec_core.stages import Queue, RunParam, declared
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ def spark_stage(settings: Settings, stage: TimedTask, domain: str | None = None,
         conf={
             "spark.ui.enabled": "false",
             "spark.driver.memory": settings.spark.driver_memory,
-            "spark.driver.extraJavaOptions": DRIVER_JAVA_OPTIONS,
+            "spark.driver.extraJavaOptions": driver_java_options(),
             **settings.spark.conf,
         },
         env_vars={"PYSPARK_PYTHON": sys.executable, "PYTHONSAFEPATH": "1"},  # see crossrec_core.jobs

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from crossrec_core import class_archive
 from crossrec_core.config import Settings, SparkSettings
 
 if TYPE_CHECKING:
@@ -16,8 +17,14 @@ log = logging.getLogger(__name__)
 
 # Locally the driver runs the tasks too. The throughput collector suits these batch jobs:
 # G1's concurrent threads and write barriers took about a fifth of the CPU of clean and
-# featurize on 2 cores. Set here for in-process sessions, and by the DAG for spark-submit.
-DRIVER_JAVA_OPTIONS = "-XX:+UseParallelGC"
+# featurize on 2 cores.
+GC_JAVA_OPTIONS = "-XX:+UseParallelGC"
+
+
+def driver_java_options() -> str:
+    """The driver JVM's options, for in-process sessions and the DAG's spark-submits: the
+    collector, and the install's class archive when it is built (crossrec_core.class_archive)."""
+    return " ".join(option for option in (GC_JAVA_OPTIONS, class_archive.java_options()) if option)
 
 
 # shuffle_partitions: auto. A few tasks per core keep every core busy when tasks differ in
@@ -78,7 +85,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         builder = (
             builder.master(master)
             .config("spark.driver.memory", settings.spark.driver_memory)
-            .config("spark.driver.extraJavaOptions", DRIVER_JAVA_OPTIONS)
+            .config("spark.driver.extraJavaOptions", driver_java_options())
         )
     conf = {
         "spark.ui.enabled": "false",
