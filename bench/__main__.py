@@ -20,6 +20,7 @@ SHARED_AMAZON = REPO.parent / "shared" / "data" / "amazon-cloth-sport"
 # name -> (full-size arguments, smoke arguments)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "etl": (["--sizes", "1000000,5000000,20000000"], ["--sizes", "20000"]),
+    "etl_profile": ([], ["--events", "20000"]),
     "score_speed": ([], ["--users", "2000", "--items", "1000", "--block-sizes", "256"]),
     "eval_speed": ([], ["--users", "300", "--items", "1500", "--repeats", "1"]),
     "train_speed": ([], ["--models", "target_only", "--epochs", "2"]),

@@ -24,9 +24,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import psutil
@@ -120,19 +121,25 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_night(root: Path, events: int) -> dict:
-    from crossrec_core.config import load_settings
+def etl_stages(settings) -> list[tuple[str, Callable[[], Any]]]:
+    """The night's ETL in order, each stage by name: clean(source), clean(target), featurize."""
     from crossrec_core.etl.clean import clean
     from crossrec_core.etl.featurize import featurize
+
+    return [
+        ("clean_source", lambda: clean(settings, DS, SOURCE)),
+        ("clean_target", lambda: clean(settings, DS, TARGET)),
+        ("featurize", lambda: featurize(settings, DS)),
+    ]
+
+
+def run_night(root: Path, events: int) -> dict:
+    from crossrec_core.config import load_settings
 
     settings = load_settings(lake=root, domains={"source": SOURCE, "target": TARGET})
     land(root, events, seed=events)
     seconds = {}
-    for name, stage in (
-        ("clean_source", lambda: clean(settings, DS, SOURCE)),
-        ("clean_target", lambda: clean(settings, DS, TARGET)),
-        ("featurize", lambda: featurize(settings, DS)),
-    ):
+    for name, stage in etl_stages(settings):
         started = time.perf_counter()
         report = stage()
         seconds[name] = time.perf_counter() - started

@@ -23,7 +23,7 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
     page = tmp_path / "BENCHMARKS.md"
     env = {**os.environ, "CROSSREC_BENCH_DOCS": str(page), "SPARK_LOCAL_IP": "127.0.0.1"}
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--only", "etl,score_speed,eval_speed,scaling"],
+        [sys.executable, "-m", "bench", "--smoke", "--only", "etl,etl_profile,score_speed,eval_speed,scaling"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -42,6 +42,10 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
         summary = json.loads((tmp_path / "bench" / f"{name}.json").read_text())
         assert summary["benchmark"] == name and summary["results"]
         assert all(isinstance(goal["met"], bool) and goal["measured"] >= 0 for goal in summary["goals"])
+    profile = (tmp_path / "ETL_PROFILE.md").read_text()  # Spark's event log of one night, per stage and query
+    for stage in ("clean source", "clean target", "featurize"):
+        assert f"## {stage}: " in profile, stage
+    assert profile.count("== Physical Plan ==") >= 3 and "| # | what | seconds |" in profile
     scaling = (tmp_path / "SCALING.md").read_text()  # beside the page, its ETL curve from etl's summary
     for curve in ("ETL, clean + featurize", "Scoring over users", "Scoring over items", "Training target_only", "Training dann"):
         assert f"### {curve}" in scaling, curve
