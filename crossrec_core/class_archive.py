@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,14 @@ def java_options() -> str:
     return f"-XX:SharedArchiveFile={path}" if path.is_file() else ""
 
 
+def spark_submit() -> str:
+    """pyspark's spark-submit: beside this interpreter (a virtualenv), else on PATH (a user install)."""
+    found = shutil.which("spark-submit", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if found is None:
+        raise RuntimeError("spark-submit not found beside this Python nor on PATH: is pyspark installed?")
+    return found
+
+
 def build(driver_java_options: str) -> Path:
     """Run the representative night in a spark-submit whose JVM writes the archive when it
     exits; move it into place (atomically: a concurrent JVM maps the old file or the new).
@@ -55,7 +64,7 @@ def build(driver_java_options: str) -> Path:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="crossrec-class-archive-") as lake:
         command = [
-            str(Path(sys.executable).with_name("spark-submit")),
+            spark_submit(),
             "--master",
             "local[2]",
             "--conf",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from crossrec_core import class_archive
 from crossrec_core.spark import GC_JAVA_OPTIONS, driver_java_options
@@ -26,7 +25,7 @@ def test_spark_submitted_jobs_load_spark_from_the_install_class_archive(tmp_path
     options = f"{driver_java_options()} -Xlog:class+load=info:file={loaded}"
     subprocess.run(
         [
-            str(Path(sys.executable).with_name("spark-submit")),
+            class_archive.spark_submit(),
             "--master",
             "local[1]",
             "--conf",

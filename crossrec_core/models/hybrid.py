@@ -21,8 +21,9 @@ ablations)::
   lowered where the count's scores run large: they grow with the data's density (summed
   over 50 items of dense histories they reach hundreds and saturate the softmax), so the
   scale starts at most at ``MEMORY_LEAD`` / (T x the mean best count score of the users
-  active in both domains). Either way the count leads the transfer path at the start. In training a user's own
-  co-occurrences are left out of the counts (a cold-start user is never in them). A single dense user vector cannot hold the sparse item-to-item
+  active in both domains). Either way the count leads the transfer path at the start.
+  In training a user's own co-occurrences are left out of the counts (a cold-start user
+  is never in them). A single dense user vector cannot hold the sparse item-to-item
   co-purchase signal; this path memorises it, the transfer path ranks what it misses.
 
 Training adds to dann's loss (in-domain terms, alignment) a cross-domain term on
@@ -210,10 +211,10 @@ class Hybrid(DANN):
             )
         else:
             block = values.new_zeros(len(reached), len(columns)).index_put((owner, entry_column), values)
-            multi_hot = torch.sparse_coo_tensor(
+            histories = torch.sparse_coo_tensor(
                 torch.stack([rows, reached_of_history]), values.new_ones(len(rows)), (len(keys), len(reached)), check_invariants=False
             )
-            scores = torch.sparse.mm(multi_hot, block)
+            scores = torch.sparse.mm(histories, block)
         # Leave the user out: their own co-occurrence is in every count of their
         # positive's column (once per history item paired with it), which a cold-start
         # user's never is.
