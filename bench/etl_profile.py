@@ -1,4 +1,4 @@
-"""Where the ETL's time goes: Spark's own event log of one night of clean + featurize (not run in CI).
+"""Where the ETL's time goes: Spark's own event log of one night of clean + featurize (CI runs a smoke size).
 
     .venv/bin/python -m bench.etl_profile [--events 5000000] [--write-docs] [--json PATH]
 

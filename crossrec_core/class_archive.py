@@ -1,4 +1,4 @@
-"""The JVM class archive that makes every Spark task's JVM start faster (AppCDS).
+"""The JVM class archive that makes every Spark driver's JVM start faster (AppCDS).
 
 Each Spark stage of a night is a new spark-submit, and a fresh JVM spends seconds loading,
 parsing and verifying Spark's classes before any data moves. Java's class data sharing
@@ -7,8 +7,10 @@ classes a JVM loaded when it exits, ``-XX:SharedArchiveFile`` starts from them. 
 archive comes from one representative run (a small generated night, cleaned in both
 domains and featurized, in one spark-submit), is built once per install (`make
 install` and the Airflow image run ``crossrec spark-archive``) and kept beside the jars it
-holds, named after their pyspark version. A JVM that cannot use it (another Java build, changed jars) says so in one
-warning line and starts without it; without the file, Spark runs as before.
+holds, named after their pyspark version. A JVM that cannot use it (another Java build,
+changed jars) says so in one warning line and starts without it; without the file, Spark
+runs as before. Executors on a cluster start as they always did: the archive is the
+driver's, on the machine that submits.
 
     spark-submit .../crossrec_core/class_archive.py LAKE   # the representative run
 """
@@ -36,7 +38,8 @@ def archive_path() -> Path:
     """Where this install keeps the archive: beside the jars it holds, in the pyspark
     package (found, not imported: the DAG file asks for it)."""
     spec = importlib.util.find_spec("pyspark")
-    assert spec is not None and spec.origin is not None
+    if spec is None or spec.origin is None:
+        raise RuntimeError("pyspark is not installed")
     return Path(spec.origin).parent / f"crossrec-classes-{metadata.version('pyspark')}.jsa"
 
 

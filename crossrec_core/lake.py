@@ -261,7 +261,11 @@ class Lake:
         staging_root.mkdir(parents=True, exist_ok=True)
         locks.mkdir(parents=True, exist_ok=True)
         with open(locks / f"{name}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("waiting for another writer of %s (lock %s)", name, lock.name)
+                fcntl.flock(lock, fcntl.LOCK_EX)
             for orphan in staging_root.iterdir():
                 if orphan.name.startswith(name) and _STAGED_SUFFIX.fullmatch(orphan.name[len(name) :]):
                     log.warning("removing %s: left aside by a writer that died", orphan)

@@ -133,13 +133,15 @@ def test_a_killed_writers_leftovers_are_removed_by_the_next_writer_who_waited_it
     written = ctx.Event()
     proc = ctx.Process(target=_write_aside_and_wait, args=(str(lake.root), written))
     proc.start()
-    assert written.wait(60)
-    rerun = threading.Thread(target=lake.write_parquet_partition, args=(USER_KEYS, _keys(5)), kwargs={"ds": "2026-01-01"})
-    rerun.start()
-    rerun.join(1.0)
-    assert rerun.is_alive()  # waits for its turn while the first writer lives
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
+    try:
+        assert written.wait(60)
+        rerun = threading.Thread(target=lake.write_parquet_partition, args=(USER_KEYS, _keys(5)), kwargs={"ds": "2026-01-01"})
+        rerun.start()
+        rerun.join(1.0)
+        assert rerun.is_alive()  # waits for its turn while the first writer lives
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
     rerun.join(60)
     assert not rerun.is_alive()
     assert lake.read_parquet_partition(USER_KEYS, ds="2026-01-01").num_rows == 5

@@ -267,3 +267,11 @@ def test_the_hybrids_training_logits_are_the_memory_sums_with_the_user_left_out(
         rows_with[items] += 1
     expected_grad = reach + corrections * rows_with[:, None] / len(keys)
     torch.testing.assert_close(model.memory_values.grad, expected_grad[rows, model.memory_indices])
+    # d / d log(scale): scale x the count part of every logit, the user's share left out
+    counts = torch.zeros(memory.shape).index_put((rows, model.memory_indices), model.memory_counts)
+    count_part = torch.zeros(())
+    for key, positive in zip(keys.tolist(), positives.tolist(), strict=True):
+        items = history[key][present[key]]
+        sums = counts[items].sum(0)
+        count_part += sums[positive] - stored[items, positive].sum() * model.memory_user_share[positive] + sums[negatives].sum()
+    torch.testing.assert_close(model.memory_log_scale.grad, scale * count_part)

@@ -18,10 +18,11 @@ ablations)::
   memory path's temperature) times ``item_knn_cross``'s statistics (co-occurrence / popularity ** alpha) plus learned
   per-pair corrections, L2-regularised towards 0 (``memory_l2``), so M starts as the
   count and departs from it where training supports it. The scale starts at 1 / T,
-  lowered where the count's scores run large: they grow with the data's density (summed
-  over 50 items of dense histories they reach hundreds and saturate the softmax), so the
-  scale starts at most at ``MEMORY_LEAD`` / (T x the mean best count score of the users
-  active in both domains). Either way the count leads the transfer path at the start.
+  lowered where the count's scores run large: they grow with the data's density, and
+  summed over long dense histories they saturate the softmax. So the scale starts at most
+  at ``MEMORY_LEAD`` / (T x the mean best count score of the users active in both
+  domains): a typical user's best memory score starts at no more than ``MEMORY_LEAD``
+  times a perfect transfer match.
   In training a user's own co-occurrences are left out of the counts (a cold-start user
   is never in them). A single dense user vector cannot hold the sparse item-to-item
   co-purchase signal; this path memorises it, the transfer path ranks what it misses.
@@ -73,16 +74,22 @@ def memory_support(features: FeatureSet, alpha: float, keep: int) -> tuple[sp.cs
         weights = sp.csr_matrix((weights.data[kept], (rows[kept], weights.indices[kept])), shape=weights.shape)
     weights.sort_indices()
     both = np.flatnonzero((np.diff(source.indptr) > 0) & (np.diff(target.indptr) > 0))
-    top_scores = (source[both] @ weights).max(axis=1).toarray() if len(both) else np.zeros(1)
+    # in blocks of users: a block's summed weights are users x reached targets
+    blocks = np.array_split(both, max(1, math.ceil(len(both) / TOP_SCORE_BLOCK)))
+    top_scores = np.concatenate(
+        [(source[block] @ weights).max(axis=1).toarray().ravel() for block in blocks if len(block)] or [np.zeros(1)]
+    )
     return weights, scale.astype(np.float32), float(top_scores.mean())
 
 
 def prefer_dense_block(products: int, cells: int) -> bool:
     """Multiply through a dense block of ``cells`` numbers rather than scatter ``products``
-    one by one: whichever handles fewer numbers."""
+    additions one by one, when the block is the smaller of the two: filled once, it is
+    multiplied by vectorised multiply-adds, far cheaper each than a scattered addition."""
     return products > cells
 
 
+TOP_SCORE_BLOCK = 4096  # users per block when measuring how large the count's scores run
 MEMORY_LEAD = 8.0  # on dense data a typical best memory score starts at this many times a perfect transfer match
 
 
@@ -183,8 +190,8 @@ class Hybrid(DANN):
         Scores = the rows' source multi-hot H @ M restricted to the candidate columns C,
         one of two ways (:func:`prefer_dense_block`): scatter every product of an H entry
         with a weight of its source item's row in C (sparse histories), or gather
-        M[reached items, C] into a dense block and multiply (dense histories, where a row
-        reaches most of the catalogue through its many items)."""
+        M[reached items, C] into a dense block and multiply (dense histories, where each
+        row reaches most of the catalogue through its many items)."""
         items, present = self._memory_history(keys)
         rows, history = torch.nonzero(present)[:, 0], items[present]
         columns, column_of_candidate = torch.unique(torch.cat([positives, negatives]), return_inverse=True)
