@@ -57,13 +57,16 @@ def spark_submit() -> str:
     return found
 
 
-def build(driver_java_options: str) -> Path:
-    """Run the representative night in a spark-submit whose JVM writes the archive when it
-    exits; move it into place (atomically: a concurrent JVM maps the old file or the new).
-    A failed run raises with the end of the run's output."""
+def build() -> Path:
+    """Run the representative night in a spark-submit whose JVM (with the nightly driver's
+    collector) writes the archive when it exits; move it into place (atomically: a
+    concurrent JVM maps the old file or the new). A failed run raises with the end of the
+    run's output."""
+    from crossrec_core.spark import GC_JAVA_OPTIONS
+
     path = archive_path()
     staged = path.with_name(f".{path.name}.{os.getpid()}")
-    options = f"{driver_java_options} -XX:ArchiveClassesAtExit={staged}"
+    options = f"{GC_JAVA_OPTIONS} -XX:ArchiveClassesAtExit={staged}"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="crossrec-class-archive-") as lake:
         command = [

@@ -4,7 +4,7 @@ compacted (the publish stage that writes them is crossrec_core.publish).
 * Readers go through a snapshot (a table version) with partition pruning
   (``Lake.delta_dataset``), never a directory listing and never the whole table.
 * Every row's ``model_version`` is the model directory under the lake root; its card is
-  :func:`model_card_for`.
+  :func:`crossrec_core.model_store.read_card`.
 
 This module imports neither torch nor Spark at the top: ``crossrec recs`` stays fast.
 """
@@ -25,7 +25,7 @@ import pyarrow.dataset as pads
 from crossrec_core.contracts import ALERTS, RECOMMENDATIONS, RUN_REPORTS, SCORES, Segment, Table
 from crossrec_core.errors import InputError
 from crossrec_core.lake import Lake, LakeError, MissingPartitionError
-from crossrec_core.model_store import MODEL_FILES, MODEL_NIGHTS, model_version, read_card
+from crossrec_core.model_store import MODEL_FILES, MODEL_NIGHTS, model_version
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ DELTA_TABLES = (RECOMMENDATIONS, RUN_REPORTS, ALERTS)
 # merges their files. Recommendations are not: publish writes each partition whole.
 COMPACTED_TABLES = (RUN_REPORTS, ALERTS)
 SERVED_COLUMNS = ["rank", "item_id", "score", "model_version", "segment", "because"]
-
-
-def model_card_for(lake: Lake, model_version: str) -> dict[str, Any]:
-    """The model card (``<lake>/<model_version>/model_card.json``) a recommendation row links to."""
-    return read_card(lake, model_version)
 
 
 def restore_recommendations(lake: Lake, version: int) -> int:

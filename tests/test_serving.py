@@ -21,7 +21,6 @@ from crossrec_core.reports import read_run_reports
 from crossrec_core.serving import (
     compact_tables,
     latest_served,
-    model_card_for,
     snapshot,
     table_versions,
     user_recommendations,
@@ -231,7 +230,7 @@ def test_an_unknown_user_is_told_so_and_shown_the_fallback_list(lake_root, lake)
 
 
 def test_each_row_links_to_its_model_card(lake_root, lake, tiny_features):
-    from crossrec_core.model_store import save_model
+    from crossrec_core.model_store import read_card, save_model
     from crossrec_core.models.base import build_model
 
     model = build_model("popularity", tiny_features, load_settings().model)
@@ -239,7 +238,7 @@ def test_each_row_links_to_its_model_card(lake_root, lake, tiny_features):
     version = save_model(lake, "2026-01-05", model, {"metrics": {"all": {"ndcg@10": 0.25}}})
     publish_night(lake_root, lake, "2026-01-05", scores_table(USERS, 2, "2026-01-05", version=version))
 
-    card = model_card_for(lake, user_recommendations(lake, "u1", "tgt").model_version)
+    card = read_card(lake, user_recommendations(lake, "u1", "tgt").model_version)
 
     assert card["name"] == "popularity" and card["metrics"]["all"]["ndcg@10"] == 0.25 and card["ds"] == "2026-01-05"
 

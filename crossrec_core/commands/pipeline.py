@@ -41,13 +41,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("spark-archive")
     def spark_archive() -> None:
-        """Build this install's JVM class archive: every Spark task's JVM then starts from
+        """Build this install's JVM class archive: every Spark driver's JVM then starts from
         Spark's classes already parsed and verified (`make install` runs it once)."""
         from crossrec_core.class_archive import build
-        from crossrec_core.spark import GC_JAVA_OPTIONS
 
         with console.status("building the JVM class archive (one small Spark night)"):
-            path = build(GC_JAVA_OPTIONS)
+            path = build()
         console.print(f"JVM class archive: {path} ({path.stat().st_size / 2**20:.0f} MB)")
 
     @app.command("demo")
