@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.scaling import SIZE_OF, fit_power_law
+
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
@@ -52,7 +54,10 @@ def test_the_harness_writes_every_section_with_its_table(tmp_path):
     fits = json.loads((tmp_path / "bench" / "scaling.json").read_text())["results"]["fits"]
     assert set(fits) == {"etl", "score_users", "score_items", "train_target_only", "train_dann"}
     assert fits["etl"]["b"] is None  # one smoke size: no fit
-    assert all(fits[curve]["a"] > 0 and fits[curve]["b"] > 0 for curve in set(fits) - {"etl"})
+    curves = json.loads((tmp_path / "bench" / "scaling.json").read_text())["results"]["curves"]
+    for curve in set(fits) - {"etl"}:  # each fit is its own curve's (the smoke sizes' timings are noise: no sign asserted)
+        points = curves[curve]
+        assert fits[curve] == pytest.approx(fit_power_law([p[SIZE_OF[curve]] for p in points], [p["seconds"] for p in points]))
     scoring_goals = json.loads((tmp_path / "bench" / "score_speed.json").read_text())["goals"]
     # scorer / (matmul + topk), whole job seconds, the hybrid's whole job seconds
     assert [g["target"] for g in scoring_goals] == [0.95, 60.0, 60.0] and "hybrid" in scoring_goals[2]["what"]
@@ -77,3 +82,9 @@ def test_a_benchmark_without_write_docs_leaves_the_docs_untouched(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "![scoring](bench/scoring.png)" in run.stdout  # the section is printed
     assert not (tmp_path / "docs").exists()  # neither the page nor its figures are written
+
+
+def test_the_power_law_fit_recovers_a_known_growth_and_refuses_one_size():
+    sizes = [1_000.0, 10_000.0, 100_000.0]
+    assert fit_power_law(sizes, [3.0 * n**1.5 for n in sizes]) == pytest.approx({"a": 3.0, "b": 1.5})
+    assert fit_power_law([5_000.0, 5_000.0], [1.0, 2.0]) == {"a": None, "b": None}
