@@ -60,6 +60,10 @@ def run(events: int, workdir: Path, model: str) -> dict:
                 **{k: row[k] for k in ("stage", "domain", "status", "rows_in", "rows_out", "rows_quarantined", "seconds", "data_seconds")},
                 "startup_seconds": metrics.get("startup_seconds", 0.0),
                 "setup_seconds": sum(metrics.get("setup_seconds", {}).values()),
+                "candidates": {
+                    name: {"validation": score, "seconds": metrics["candidate_seconds"][name]}
+                    for name, score in metrics.get("candidates", {}).items()
+                },
             }
         )
     tasks = airflow_task_seconds(workdir / "airflow_home")
@@ -89,6 +93,10 @@ def goals(results: list[dict]) -> list[Goal]:
     ]
 
 
+def _score(value: float | None) -> str:
+    return "no holdout" if value is None else f"{value:.4f}"
+
+
 def night_lines(result: dict) -> list[str]:
     lines = [
         f"### {result['events']:,} raw events ({result['users']:,} users), model `{result['model']}`",
@@ -107,6 +115,10 @@ def night_lines(result: dict) -> list[str]:
     unseen = result["wall_seconds"] - startup - setup - data
     tasks = ", ".join(f"{task} {seconds:.1f}" for task, seconds in result["airflow_tasks"].items())
     goal = Goal("", result["wall_seconds"], goal_seconds(result["events"]), at_most=True)
+    candidates = next((s["candidates"] for s in result["stages"] if s["stage"] == "train"), {})
+    if candidates:
+        fits = ", ".join(f"{name} {c['seconds']:.1f} s ({_score(c['validation'])})" for name, c in candidates.items())
+        lines += ["", f"The train task, candidate by candidate (fit and validation; validation NDCG@10): {fits}."]
     lines += [
         "",
         f"Airflow task durations (s): {tasks}.",

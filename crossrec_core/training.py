@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +70,9 @@ def train_stage(settings: Settings, ds: str) -> StageReport:
         checkpoints = checkpoint_root(lake, ds)
         best: tuple[Recommender, TrainingHistory] | None = None
         scores: dict[str, float | None] = {}
+        seconds: dict[str, float] = {}  # what each candidate cost the night: fit and validation
         for name in names:
+            started = time.perf_counter()
             model, history = fit_model(
                 name,
                 features,
@@ -78,7 +81,8 @@ def train_stage(settings: Settings, ds: str) -> StageReport:
                 warm_start_from=published.state if published and published.name == name else None,
                 metrics_log=checkpoints / name / "metrics.jsonl",
             )
-            scores[name] = history.best_score
+            scores[name], seconds[name] = history.best_score, round(time.perf_counter() - started, 3)
+            log.info("train ds=%s: candidate %s, validation %s %s, %.1f s", ds, name, VALIDATION_METRIC, scores[name], seconds[name])
             if best is None or (history.best_score or -math.inf) > (best[1].best_score or -math.inf):
                 best = (model, history)
         assert best is not None  # settings refuse an empty candidate list
@@ -86,7 +90,12 @@ def train_stage(settings: Settings, ds: str) -> StageReport:
         card = {
             **data_card(features),
             "metrics": history.validation,
-            "selection": {"mode": settings.model.name, "metric": f"{VALIDATION_SEGMENT} {VALIDATION_METRIC}", "candidates": scores},
+            "selection": {
+                "mode": settings.model.name,
+                "metric": f"{VALIDATION_SEGMENT} {VALIDATION_METRIC}",
+                "candidates": scores,
+                "candidate_seconds": seconds,
+            },
             "training": {
                 "epochs": len(history.epochs),
                 "best_epoch": history.best_epoch,
@@ -107,6 +116,7 @@ def train_stage(settings: Settings, ds: str) -> StageReport:
                 "model_version": version,
                 "validation": history.validation,
                 "candidates": scores,
+                "candidate_seconds": seconds,
                 "epochs": len(history.epochs),
                 "train_seconds": round(history.train_seconds, 3),
                 "examples_per_second": history.examples_per_second,

@@ -336,6 +336,9 @@ def test_auto_keeps_the_best_candidate_and_records_every_score(lake_root, lake, 
     card = read_card(lake, candidate_version(lake, "2026-01-05"))
     scores = card["selection"]["candidates"]
     assert set(scores) == {"popularity", "dann"}
+    seconds = card["selection"]["candidate_seconds"]  # what each candidate cost the night, for the operator
+    assert seconds == report.metrics["candidate_seconds"] and set(seconds) == set(scores)
+    assert 0 < seconds["popularity"] < seconds["dann"]  # a count against 4 epochs of training
     assert card["name"] == report.metrics["model"] == max(scores, key=scores.get) == "dann"
     assert card["config"]["name"] == "auto"
     loaded, _ = load_model(lake, candidate_version(lake, "2026-01-05"), tiny_features)
