@@ -338,7 +338,7 @@ def test_auto_keeps_the_best_candidate_and_records_every_score(lake_root, lake, 
     assert set(scores) == {"popularity", "dann"}
     seconds = card["selection"]["candidate_seconds"]  # what each candidate cost the night, for the operator
     assert seconds == report.metrics["candidate_seconds"] and set(seconds) == set(scores)
-    assert 0 < seconds["popularity"] < seconds["dann"]  # a count against 4 epochs of training
+    assert all(isinstance(spent, float) and spent >= 0 for spent in seconds.values())  # no timing compared: tests are not benchmarks
     assert card["name"] == report.metrics["model"] == max(scores, key=scores.get) == "dann"
     assert card["config"]["name"] == "auto"
     loaded, _ = load_model(lake, candidate_version(lake, "2026-01-05"), tiny_features)
