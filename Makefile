@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch is pinned exactly (constraints.txt): a looser spec downloads a multi-GB CUDA build
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
-	# Spark tasks' JVMs start from this install's class archive (crossrec_core/class_archive.py)
+	# every Spark driver's JVM starts from this install's class archive (crossrec_core/class_archive.py)
 	$(BIN)/crossrec spark-archive || echo "warning: no JVM class archive, Spark starts without it (docs/OPERATIONS.md)"
 	touch $(STAMP)
 

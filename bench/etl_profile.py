@@ -74,12 +74,14 @@ def read_event_log(event_log: Path) -> list[dict]:
                     "description": event["description"],
                     "start": event["time"],
                     "plan": event["physicalPlanDescription"],
+                    "seconds": 0.0,  # until its end event
                     "stages": 0,
                     "tasks": 0,
                     **{metric: 0 for metric in METRICS},
                 }
             elif kind.endswith("SparkListenerSQLExecutionEnd"):
-                executions[event["executionId"]]["end"] = event["time"]
+                execution = executions[event["executionId"]]
+                execution["seconds"] = (event["time"] - execution["start"]) / 1000
             elif kind == "SparkListenerJobStart":
                 execution = (event.get("Properties") or {}).get("spark.sql.execution.id")
                 for stage in event["Stage IDs"]:
@@ -126,7 +128,7 @@ def page(events: int, windows: dict[str, tuple[float, float]], executions: list[
     plans = []
     for stage, (start, end) in windows.items():
         inside = [e for e in executions if start <= e["start"] <= end]
-        spark_seconds = sum((e.get("end", e["start"]) - e["start"]) / 1000 for e in inside)
+        spark_seconds = sum(e["seconds"] for e in inside)
         lines += [
             f"## {stage}: {(end - start) / 1000:.1f} s, of which {spark_seconds:.1f} s in {len(inside)} SQL executions",
             "",
@@ -137,7 +139,7 @@ def page(events: int, windows: dict[str, tuple[float, float]], executions: list[
             what = e["description"].splitlines()[0].replace(f"{REPO}/", "")[:80].replace("|", "/")
             read = e["shuffle_read_bytes"] + e["shuffle_local_read_bytes"]
             lines.append(
-                f"| {e['id']} | `{what}` | {(e.get('end', e['start']) - e['start']) / 1000:.2f} | {e['stages']} | {e['tasks']} | "
+                f"| {e['id']} | `{what}` | {e['seconds']:.2f} | {e['stages']} | {e['tasks']} | "
                 f"{e['input_bytes'] / mib:,.1f} | {e['shuffle_write_bytes'] / mib:,.1f} | {read / mib:,.1f} | "
                 f"{e['output_bytes'] / mib:,.1f} | {e['executor_cpu_ns'] / 1e9:.1f} |"
             )
